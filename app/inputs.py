@@ -1,0 +1,115 @@
+"""The shared sidebar input: an upload, a CIFAR-10 test image, or an offline example.
+
+The chosen image is stored once in ``st.session_state[state.INPUT]`` as an :class:`InputImage`;
+pages read it with :func:`current_input`. A refused upload leaves a message and no input, so
+the next upload starts clean.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from app import state
+from components.images import EXTENSIONS, InputError, load_image
+from models.data import CLASSES, ENV_VAR, Split, load_split, resolve_source
+
+UPLOAD, TEST, EXAMPLE = "Upload", "CIFAR-10 test image", "Example photo"
+EXAMPLES = {  # scikit-image ships these photos in its wheel: the app works with no data at all
+    "Chelsea the cat (cat)": ("chelsea", "cat"),
+    "Rocket on its pad (no CIFAR class)": ("rocket", None),
+    "Coffee cup (no CIFAR class)": ("coffee", None),
+    "Astronaut (no CIFAR class)": ("astronaut", None),
+}
+
+
+@dataclass(frozen=True)
+class InputImage:
+    image: Image.Image  # RGB
+    key: str  # content hash: the cache key of every trace of this image
+    name: str
+    label: int | None  # true class index, when known
+    notes: tuple[str, ...] = ()
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:20]
+
+
+def _from_array(arr: np.ndarray, name: str, label: int | None) -> InputImage:
+    return InputImage(Image.fromarray(arr).convert("RGB"), _digest(arr.tobytes()), name, label)
+
+
+@st.cache_resource(show_spinner="Reading the CIFAR-10 test split...")
+def test_split(source: str) -> Split:
+    return load_split("test", source)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def example_array(loader: str) -> np.ndarray:
+    import skimage.data
+
+    return np.asarray(getattr(skimage.data, loader)())
+
+
+def current_input() -> InputImage | None:
+    return st.session_state.get(state.INPUT)
+
+
+def _upload() -> InputImage | None:
+    file = st.file_uploader(
+        "Image", type=list(EXTENSIONS), key=state.UPLOAD,
+        help="jpg, png, webp, bmp, or gif (first frame). Resized and centre-cropped to the model's input.",
+    )  # fmt: skip
+    if file is None:
+        return None
+    data = file.getvalue()
+    try:
+        loaded = load_image(data, file.name)
+    except InputError as err:
+        st.session_state[state.INPUT_ERROR] = str(err)
+        return None
+    return InputImage(loaded.image, _digest(data), file.name, None, loaded.notes)
+
+
+def _test_image() -> InputImage | None:
+    source = resolve_source()
+    if source is None or not source.exists():
+        st.info(f"Set `{ENV_VAR}` to a CIFAR-10 zip or folder (ImageFolder layout) to pick test images.")
+        return None
+    try:
+        split = test_split(str(source))
+    except (OSError, ValueError) as err:
+        st.error(f"Could not read CIFAR-10 from {source}: {err}")
+        return None
+    index = st.number_input(f"Test image (0-{len(split) - 1})", 0, len(split) - 1, 0, key=state.TEST_INDEX)
+    label = int(split.labels[index])
+    return _from_array(split.images[index], f"test #{index}", label)
+
+
+def _example() -> InputImage | None:
+    choice = st.selectbox("Photo", list(EXAMPLES), key=state.EXAMPLE)
+    loader, cls = EXAMPLES[choice]
+    return _from_array(example_array(loader), choice, CLASSES.index(cls) if cls else None)
+
+
+def render_input_sidebar() -> None:
+    """Draw the input picker in the sidebar and store the chosen image in session state."""
+    st.session_state[state.INPUT_ERROR] = None
+    with st.sidebar:
+        st.header("Input")
+        source = st.radio("Source", [UPLOAD, TEST, EXAMPLE], key=state.SOURCE, index=2, horizontal=False)
+        picked = {UPLOAD: _upload, TEST: _test_image, EXAMPLE: _example}[source]()
+        st.session_state[state.INPUT] = picked
+        if st.session_state[state.INPUT_ERROR]:
+            st.error(st.session_state[state.INPUT_ERROR])
+        if picked is not None:
+            st.image(picked.image, caption=picked.name, width="stretch")
+            if picked.label is not None:
+                st.caption(f"True label: **{CLASSES[picked.label]}**")
+            for note in picked.notes:
+                st.caption(f"Note: {note}")

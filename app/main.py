@@ -1,0 +1,21 @@
+"""DyNN Explorer: see what a dynamic neural network decides to compute.
+
+Entry point: ``streamlit run app/main.py``. Sets the page, draws the shared input sidebar
+and hands over to the page chosen in the navigation.
+"""
+
+import streamlit as st
+
+from app.inputs import render_input_sidebar
+
+st.set_page_config(page_title="DyNN Explorer", page_icon=":material/hub:", layout="wide")
+
+PAGES = {
+    "Overview": [st.Page("views/overview.py", title="Overview", icon=":material/home:", default=True)],
+    "Output-adaptive": [st.Page("views/early_exits.py", title="Early exits", icon=":material/logout:")],
+}
+
+page = st.navigation(PAGES)
+if page.title != "Overview":
+    render_input_sidebar()
+page.run()

@@ -1,0 +1,207 @@
+"""Early exits: which exit fired for this image, why, and what the threshold costs and buys."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import numpy as np
+import streamlit as st
+import torch
+from PIL import Image
+
+from app import state
+from app.inputs import current_input
+from app.models_cache import eval_table, load_model
+from components.figures import (
+    exit_topk,
+    make_accuracy_curve,
+    make_class_exit_heatmap,
+    make_exit_confidence,
+    make_exit_share,
+    make_exit_strip,
+)
+from components.images import square_thumbnail, to_model_input
+from components.render import render_cost_metrics, render_knobs
+from models.core import Trace
+from models.early_exit import CRITERION_LABELS, redecide
+
+MODEL = "early_exit"
+LATENCY_REPEATS = 5
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def model_input(name: str, key: str, _image: Image.Image) -> torch.Tensor:
+    """The card's preprocessing of one image, keyed by its content hash."""
+    model = load_model(name)
+    return to_model_input(_image, size=model.input_size, mean=model.mean, std=model.std)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def all_exits_record(name: str, key: str, _x: torch.Tensor) -> Trace:
+    """Every exit's prediction for one image, computed once (keyed by the image hash)."""
+    return load_model(name).trace_all(_x)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def measured_latency(name: str, key: str, _x: torch.Tensor, criterion: str, threshold: float) -> tuple[int, float]:
+    """Fired exit and median latency (ms) of the real batch-1 dynamic forward pass."""
+    model = load_model(name)
+    runs = [model.trace(_x, criterion=criterion, threshold=threshold) for _ in range(LATENCY_REPEATS)]
+    return runs[0].extras["fired_exit"], statistics.median(t.latency_ms for t in runs)
+
+
+def nearest_point(points: list[dict[str, Any]], value: float) -> dict[str, Any]:
+    return min(points, key=lambda p: abs(p["value"] - value))
+
+
+def render_dataset_panel(table: dict[str, Any], knobs: dict[str, Any], classes: tuple[str, ...]) -> None:
+    criterion, threshold = knobs["criterion"], knobs["threshold"]
+    points = table["criteria"][criterion]
+    point = nearest_point(points, threshold)
+    n = table["n"]
+    st.subheader(f"On the CIFAR-10 test set ({n:,} images)")
+    st.caption(f"From `assets/eval/{MODEL}.json`, written by `python -m models.evaluate --model {MODEL} --write`.")
+    a, b, c = st.columns(3)
+    a.metric("Test accuracy at this threshold", f"{100 * point['accuracy']:.2f}%",
+             f"{100 * (point['accuracy'] - table['full']['accuracy']):+.2f} pts vs last exit", delta_color="normal")  # fmt: skip
+    b.metric("Mean compute", f"{point['mflops']:.1f} MFLOPs", f"{100 * point['mflops'] / table['full']['mflops']:.0f}% of full",
+             delta_color="off", delta_arrow="off")  # fmt: skip
+    c.metric(
+        "Full network",
+        f"{100 * table['full']['accuracy']:.2f}%",
+        f"{table['full']['mflops']:.1f} MFLOPs",
+        delta_color="off",
+        delta_arrow="off",
+    )
+    left, right = st.columns(2)
+    with left:
+        static = [
+            {"mflops": s["mflops"], "accuracy": s["accuracy"], "label": f"exit {s['exit'] + 1}"}
+            for s in table["static_exits"]
+        ]
+        curve = {f"dynamic ({criterion})": {"points": points, "static": static}}
+        fig = make_accuracy_curve(curve, current={f"dynamic ({criterion})": (point["mflops"], point["accuracy"])})
+        st.plotly_chart(fig, key="ee_curve")
+        st.caption("Line: the dynamic policy over all thresholds. Squares: always stopping at one exit (static).")
+    with right:
+        st.plotly_chart(make_exit_share(point), key="ee_share")
+        st.caption("Where the test images leave the network at this threshold.")
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(make_class_exit_heatmap(point, classes), key="ee_heatmap")
+        st.caption("Which classes exit early: each row sums to 100%.")
+    with right:
+        st.markdown("**Overthinking** (Kaya et al., 2019)")
+        st.metric("Early exit right, last exit wrong", f"{point['early_right_last_wrong']} images",
+                  help="At this threshold, the exit that fired was right where the full network would be wrong.")  # fmt: skip
+        st.metric("Early exit wrong, last exit right", f"{point['early_wrong_last_right']} images",
+                  help="At this threshold, stopping early cost these images their correct answer.")  # fmt: skip
+        over = table["overthinking"]["some_earlier_exit_right_last_wrong"]
+        st.metric("Some earlier exit right, last wrong", f"{over} images ({100 * over / n:.1f}%)",
+                  help="For any threshold: images an earlier exit got right that the last exit gets wrong.")  # fmt: skip
+
+
+def render_explanation() -> None:
+    with st.expander("How early exits work", expanded=False):
+        st.markdown(
+            """
+A **multi-exit network** attaches small classifiers ("exits") along its depth. At inference,
+each exit in turn predicts; if its **confidence** reaches the **threshold**, the forward pass
+**stops** there, and the remaining stages are not computed. Easy images leave early; hard ones
+go deeper. A threshold of 1.0 runs the whole network (the static model).
+
+Confidence criteria: *max softmax probability*; *1 - normalised entropy* (entropy divided by
+log 10, so the same 0-1 threshold range fits); *margin* between the top two classes.
+
+Compute counts every stage that ran **and** every exit classifier evaluated on the way: an exit
+that does not fire still costs FLOPs. A static exit (squares on the curve) runs only its own
+classifier.
+
+- Teerapittayanon et al., *BranchyNet*, ICPR 2016, arXiv:1709.01686
+- Kaya et al., *Shallow-Deep Networks: Understanding and Mitigating Network Overthinking*, ICML 2019, arXiv:1810.07052
+- Huang et al., *Multi-Scale Dense Networks for Resource Efficient Image Classification*, ICLR 2018, arXiv:1703.09844
+            """
+        )
+
+
+def main() -> None:
+    model = load_model(MODEL)
+    card = model.card
+    st.title("Early exits")
+    st.caption("Output-adaptive: stop the forward pass at the first exit that is confident enough.")
+    picked = current_input()
+    if picked is None:
+        st.info("Choose an image in the sidebar: upload one, pick a CIFAR-10 test image, or use an example photo.")
+        return
+    x = model_input(MODEL, picked.key, picked.image)
+    defaults = {k.key: model.default_knob(k) for k in model.knobs}
+    record = all_exits_record(MODEL, picked.key, x)
+
+    top_left, top_right = st.columns([1, 2], gap="large")
+    with top_right:
+        knobs = render_knobs(model.knobs, defaults, key_of=lambda key: state.knob_key(MODEL, key))
+    trace = redecide(record, **knobs)
+    fired_real, latency = measured_latency(MODEL, picked.key, x, knobs["criterion"], knobs["threshold"])
+    _, full_latency = measured_latency(MODEL, picked.key, x, knobs["criterion"], 1.0)
+    fired = trace.extras["fired_exit"]
+    classes = card.classes
+
+    with top_left:
+        seen = square_thumbnail(picked.image, model.input_size).resize((160, 160), Image.Resampling.NEAREST)
+        st.image(seen, caption=f"What the model sees ({model.input_size}x{model.input_size}, enlarged)")
+    with top_right:
+        m1, m2, m3 = st.columns(3)
+        m1.metric(
+            "Prediction",
+            classes[trace.prediction],
+            f"{100 * trace.confidence:.1f}% probability",
+            delta_color="off",
+            delta_arrow="off",
+        )
+        m2.metric("Exit", f"{fired + 1} of {trace.extras['num_exits']}")
+        truth = (
+            ""
+            if picked.label is None
+            else ("correct" if trace.prediction == picked.label else f"true: {classes[picked.label]}")
+        )
+        m3.metric(
+            "True label",
+            classes[picked.label] if picked.label is not None else "unknown",
+            truth or None,
+            delta_color="off",
+            delta_arrow="off",
+        )
+        render_cost_metrics(trace, latency_ms=latency, full_latency_ms=full_latency)
+        if fired_real != fired:  # the real path and the instant re-decision must agree; say so if not
+            st.warning(f"The batch-1 run stopped at exit {fired_real + 1}, the re-decision at exit {fired + 1}.")
+    with st.sidebar:
+        st.markdown(f"**{MODEL}**: {classes[trace.prediction]} ({100 * trace.confidence:.0f}%), exit {fired + 1}")
+
+    st.plotly_chart(make_exit_strip(trace, classes), key="ee_strip")
+    left, right = st.columns([3, 2])
+    with left:
+        st.plotly_chart(
+            make_exit_confidence(trace, knobs["threshold"], classes, CRITERION_LABELS[knobs["criterion"]]),
+            key="ee_conf",
+        )
+        st.caption("Hatched grey bars: exits this run did not evaluate, shown from one all-exits pass.")
+    with right:
+        rows = [
+            {
+                "exit": f"exit {k + 1}" + (" (fired)" if k == fired else ""),
+                **{f"top {i + 1}": f"{c} {p:.0%}" for i, (c, p) in enumerate(top)},
+            }
+            for k, top in enumerate(exit_topk(np.asarray(record.extras["exit_probs"]), classes))
+        ]
+        st.dataframe(rows, hide_index=True, width="stretch")
+
+    table = eval_table(MODEL)
+    if table is None:
+        st.warning(f"No evaluation table yet: run `python -m models.evaluate --model {MODEL} --write`.")
+    else:
+        render_dataset_panel(table, knobs, classes)
+    render_explanation()
+
+
+main()

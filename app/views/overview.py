@@ -1,0 +1,57 @@
+"""Overview: what dynamic neural networks are, the survey's taxonomy, and where each lives."""
+
+import streamlit as st
+
+from app.models_cache import load_model
+from models import available, model_class
+
+TAXONOMY = {
+    "output": (
+        "Output-adaptive",
+        "Decide *how much* to compute from what the network has seen so far: early exits stop "
+        "the forward pass once an intermediate classifier is confident (BranchyNet, SDN, MSDNet).",
+    ),
+    "graph": (
+        "Computation-graph-adaptive",
+        "Change *which path* runs: skip residual blocks (SkipNet, ConvNet-AIG, BlockDrop) or route "
+        "tokens to a few experts out of many (mixture of experts, V-MoE).",
+    ),
+    "input": (
+        "Input-adaptive",
+        "Compute only on the *informative parts* of the input: keep, prune or merge tokens "
+        "(DynamicViT, EViT, ToMe) or compute only some pixels (SACT, DynConv).",
+    ),
+}
+PAGE_OF = {"early_exit": "views/early_exits.py"}
+
+st.title("DyNN Explorer")
+st.markdown(
+    "Static networks spend the same compute on every input. **Dynamic neural networks** spend "
+    "less on easy inputs and more on hard ones. Pick an image in the sidebar of any view, move "
+    "the knobs, and watch what the network decides to compute, what it costs (FLOPs counted on "
+    "the forward pass that ran, and measured latency) and what it does to accuracy on the "
+    "CIFAR-10 test set."
+)
+st.caption(
+    "Taxonomy after Montello et al., *A Survey on Dynamic Neural Networks: from Computer Vision to "
+    "Multi-modal Sensor Fusion* (2025, arXiv:2501.07451)."
+)
+
+for category, (title, text) in TAXONOMY.items():
+    with st.container(border=True):
+        st.subheader(title)
+        st.markdown(text)
+        names = [n for n in available() if model_class(n).category == category]
+        if not names:
+            st.caption("No model of this family in the app yet.")
+        for name in names:
+            cls = model_class(name)
+            card = load_model(name).card.meta
+            acc = card.get("test_accuracy")
+            summary = f"{cls.title}: {load_model(name).full_flops / 1e6:.0f} MFLOPs when static"
+            if acc is not None:
+                summary += f", {100 * acc:.2f}% top-1 on the CIFAR-10 test set"
+            if name in PAGE_OF:
+                st.page_link(PAGE_OF[name], label=summary, icon=":material/arrow_forward:")
+            else:
+                st.markdown(f"- {summary}")

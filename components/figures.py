@@ -1,0 +1,175 @@
+"""Plotly figures built from traces and eval tables. Pure: data in, figure out.
+
+Colours are shared by every view: what ran, what did not, what fired.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from models.core import Trace
+
+RAN = "#1f77b4"
+SKIPPED = "#d0d0d0"
+FIRED = "#d62728"
+EXIT = "#ff7f0e"
+STATIC = "#7f7f7f"
+FONT = {"size": 13}
+
+
+def _layout(fig: go.Figure, *, height: int, title: str | None = None, **kwargs: Any) -> go.Figure:
+    fig.update_layout(
+        height=height, margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+        title=title, font=FONT, showlegend=kwargs.pop("showlegend", False), **kwargs,
+    )  # fmt: skip
+    return fig
+
+
+def exit_topk(exit_probs: np.ndarray, classes: Sequence[str], k: int = 3) -> list[list[tuple[str, float]]]:
+    """For every exit, its ``k`` most likely classes with probabilities. ``exit_probs``: (K, C)."""
+    order = np.argsort(-exit_probs, axis=1)[:, :k]
+    return [[(classes[c], float(row[c])) for c in idx] for row, idx in zip(exit_probs, order, strict=True)]
+
+
+def make_exit_strip(trace: Trace, classes: Sequence[str]) -> go.Figure:
+    """The network as a strip: stage squares and exit diamonds; executed part coloured, the rest
+    grey, the fired exit marked. Hover shows each unit's executed FLOPs."""
+    fired = trace.extras["fired_exit"]
+    exit_probs = trace.extras["exit_probs"]
+    fig = go.Figure()
+    xs = np.arange(len(trace.units))
+    fig.add_trace(
+        go.Scatter(x=xs, y=np.zeros_like(xs), mode="lines", line={"color": SKIPPED, "width": 3}, hoverinfo="skip")
+    )
+    last_ran = max(i for i, u in enumerate(trace.units) if u.executed)
+    fig.add_trace(
+        go.Scatter(
+            x=xs[: last_ran + 1],
+            y=np.zeros(last_ran + 1),
+            mode="lines",
+            line={"color": RAN, "width": 5},
+            hoverinfo="skip",
+        )
+    )
+    for i, unit in enumerate(trace.units):
+        k = int(re.search(r"\d+$", unit.name).group())
+        is_exit = unit.kind == "exit"
+        colour = (FIRED if unit.decision else EXIT) if is_exit and unit.executed else RAN if unit.executed else SKIPPED
+        label = f"exit {k + 1}" if is_exit else f"stage {k + 1}"
+        guess = ""
+        if is_exit and exit_probs is not None:
+            c = int(np.argmax(exit_probs[k]))
+            guess = f"<br>says {classes[c]} ({exit_probs[k][c]:.0%})"
+        status = "fired" if is_exit and unit.decision else "ran" if unit.executed else "not computed"
+        fig.add_trace(
+            go.Scatter(
+                x=[i], y=[0], mode="markers+text",
+                marker={"symbol": "diamond" if is_exit else "square", "size": 34 if is_exit else 44, "color": colour,
+                        "line": {"width": 3 if unit.decision and is_exit else 1, "color": "black"}},
+                text=[label], textposition="bottom center" if is_exit else "top center",
+                hovertemplate=f"{label}: {status}<br>{unit.flops / 1e6:.1f} MFLOPs executed "
+                f"(static net: {unit.full_flops / 1e6:.1f}){guess}<extra></extra>",
+            )
+        )  # fmt: skip
+    fired_x = next(i for i, u in enumerate(trace.units) if u.kind == "exit" and u.decision)
+    fig.add_annotation(x=fired_x, y=0.9, text=f"<b>exit {fired + 1} fired</b>", showarrow=True, arrowhead=2, ay=-10,
+                       font={"color": FIRED})  # fmt: skip
+    fig.update_xaxes(visible=False, range=[-0.7, len(xs) - 0.3])
+    fig.update_yaxes(visible=False, range=[-1.6, 1.6])
+    return _layout(fig, height=190)
+
+
+def make_exit_confidence(trace: Trace, threshold: float, classes: Sequence[str], criterion_label: str) -> go.Figure:
+    """Each exit's confidence (from the all-exits record) against the threshold line. Exits the
+    dynamic run did not evaluate are grey and hatched: their bars show what they would have said."""
+    exit_probs = trace.extras["exit_probs"]
+    scores = trace.extras["all_scores"]  # every exit's confidence, from the all-exits record
+    exits = [u for u in trace.units if u.kind == "exit"]
+    colours = [FIRED if u.decision else EXIT if u.executed else SKIPPED for u in exits]
+    patterns = ["" if u.executed else "/" for u in exits]
+    guesses = [classes[int(np.argmax(p))] for p in exit_probs]
+    fig = go.Figure(
+        go.Bar(
+            x=[f"exit {k + 1}" for k in range(len(exits))], y=scores,
+            marker={"color": colours, "pattern": {"shape": patterns}},
+            text=guesses, textposition="outside", cliponaxis=False,
+            hovertemplate="%{x}: confidence %{y:.3f}<br>top class %{text}<extra></extra>",
+        )
+    )  # fmt: skip
+    fig.add_hline(y=threshold, line={"color": "black", "dash": "dash"}, annotation_text=f"threshold {threshold:.2f}",
+                  annotation_position="bottom right")  # fmt: skip
+    fig.update_yaxes(range=[0, 1.12], title=criterion_label)
+    return _layout(fig, height=300)
+
+
+def make_accuracy_curve(
+    curves: dict[str, dict[str, Any]], *, current: dict[str, tuple[float, float]] | None = None
+) -> go.Figure:
+    """Accuracy (%) vs mean MFLOPs per image.
+
+    Args:
+        curves: name -> ``{"points": [{"mflops", "accuracy", "value"}], "static": [{"mflops",
+            "accuracy", "label"}]}``; the dynamic policy as a line, static settings as markers.
+        current: name -> (mflops, accuracy) of the operating point on screen.
+    """
+    fig = go.Figure()
+    for name, curve in curves.items():
+        pts = sorted(curve["points"], key=lambda p: p["mflops"])
+        fig.add_trace(
+            go.Scatter(
+                x=[p["mflops"] for p in pts], y=[100 * p["accuracy"] for p in pts], mode="lines", name=name,
+                customdata=[p["value"] for p in pts],
+                hovertemplate="threshold %{customdata:.2f}<br>%{x:.1f} MFLOPs, %{y:.2f}%<extra>" + name + "</extra>",
+            )
+        )  # fmt: skip
+        static = curve.get("static", [])
+        if static:
+            fig.add_trace(
+                go.Scatter(
+                    x=[s["mflops"] for s in static], y=[100 * s["accuracy"] for s in static], mode="markers+text",
+                    marker={"symbol": "square", "size": 9, "color": STATIC}, text=[s["label"] for s in static],
+                    textposition="bottom right", name=f"{name}: static", hovertemplate="%{text}: %{x:.1f} MFLOPs, %{y:.2f}%<extra></extra>",
+                )
+            )  # fmt: skip
+    for name, (mflops, acc) in (current or {}).items():
+        fig.add_trace(
+            go.Scatter(
+                x=[mflops], y=[100 * acc], mode="markers", name=f"{name}: now",
+                marker={"symbol": "star", "size": 18, "color": FIRED, "line": {"width": 1, "color": "black"}},
+                hovertemplate="current setting<br>%{x:.1f} MFLOPs, %{y:.2f}%<extra></extra>",
+            )
+        )  # fmt: skip
+    fig.update_xaxes(title="mean MFLOPs per test image")
+    fig.update_yaxes(title="test top-1 accuracy (%)")
+    return _layout(fig, height=360, showlegend=True, legend={"orientation": "h", "y": -0.25})
+
+
+def make_exit_share(point: dict[str, Any]) -> go.Figure:
+    """Share of test images leaving at each exit at one threshold."""
+    share = point["exit_share"]
+    names = [f"exit {k + 1}" for k in range(len(share))]
+    fig = go.Figure(go.Bar(x=names, y=[100 * s for s in share], marker_color=EXIT, text=[f"{100 * s:.0f}%" for s in share],
+                           textposition="outside", cliponaxis=False, hovertemplate="%{x}: %{y:.1f}% of test images<extra></extra>"))  # fmt: skip
+    fig.update_yaxes(title="% of test images", range=[0, 110])
+    return _layout(fig, height=280)
+
+
+def make_class_exit_heatmap(point: dict[str, Any], classes: Sequence[str]) -> go.Figure:
+    """Rows: true class; columns: exit; cell: share of that class's test images leaving there."""
+    counts = np.asarray(point["class_exit_counts"], dtype=float)  # (C, K)
+    share = counts / counts.sum(1, keepdims=True).clip(min=1)
+    names = [f"exit {k + 1}" for k in range(counts.shape[1])]
+    fig = go.Figure(
+        go.Heatmap(
+            z=100 * share, x=names, y=list(classes), colorscale="Blues", zmin=0, zmax=100,
+            text=np.round(100 * share).astype(int), texttemplate="%{text}", colorbar={"title": "%"},
+            hovertemplate="%{y}: %{z:.1f}% leave at %{x}<extra></extra>",
+        )
+    )  # fmt: skip
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, height=360)

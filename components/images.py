@@ -1,0 +1,126 @@
+"""Turning whatever a user uploads into a clean RGB image, and that image into model input.
+
+Every failure raises :class:`InputError` with a message meant for the page; every fix-up
+that changes what the user sent (alpha flattened, first GIF frame, EXIF rotation, 16-bit
+rescaled, huge image shrunk) is reported as a note. Pure: no Streamlit here.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from models.data import to_tensor
+
+MAX_BYTES = 25 * 1024 * 1024  # an upload larger than this is refused before decoding
+MAX_PIXELS = 40_000_000  # below PIL's own bomb guard (89 MP warns, 179 MP refuses at open)
+MAX_SIDE = 12_000
+MAX_ASPECT = 20.0  # a 1x5000 strip would be a few pixels of content at 32x32
+WORK_SIDE = 1024  # larger images are shrunk to this longest side right after decoding
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
+
+
+class InputError(ValueError):
+    """An upload the app cannot use; ``str(error)`` is the message shown on the page."""
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    image: Image.Image  # RGB, at most WORK_SIDE on its longest side
+    notes: tuple[str, ...]
+
+
+def _flatten_alpha(img: Image.Image) -> Image.Image:
+    """Composite on white: transparent pixels carry arbitrary colours underneath."""
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+        notes.append(f"{mode} image ({'16-bit' if '16' in mode else 'high bit depth'}) rescaled to 8 bits.")
+        return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        notes.append("Transparent areas were filled with white.")
+        return _flatten_alpha(img)
+    if mode == "CMYK":
+        notes.append("CMYK image converted to RGB.")
+    elif mode in ("L", "1"):
+        notes.append("Grayscale image: the model sees three identical colour channels.")
+    return img.convert("RGB")
+
+
+def load_image(data: bytes, name: str = "upload") -> LoadedImage:
+    """Decode an uploaded file into an RGB image, or raise :class:`InputError`.
+
+    Args:
+        data: the file's bytes.
+        name: the file name, for messages only.
+    """
+    if not data:
+        raise InputError(f"{name} is empty (0 bytes).")
+    if len(data) > MAX_BYTES:
+        raise InputError(f"{name} is {len(data) / 2**20:.0f} MB; the limit is {MAX_BYTES // 2**20} MB.")
+    notes: list[str] = []
+    with warnings.catch_warnings():
+        # Pillow warns between MAX_IMAGE_PIXELS and twice that; treat the warning as a refusal.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
+            width, height = img.size
+            if width * height > MAX_PIXELS or max(width, height) > MAX_SIDE:
+                raise InputError(
+                    f"{name} is {width}x{height} pixels; the limit is {MAX_PIXELS // 1_000_000} megapixels "
+                    f"and {MAX_SIDE} pixels a side."
+                )
+            if max(width, height) / max(1, min(width, height)) > MAX_ASPECT:
+                raise InputError(
+                    f"{name} is {width}x{height}: too narrow to classify (aspect ratio over {MAX_ASPECT:.0f})."
+                )
+            if getattr(img, "n_frames", 1) > 1:
+                notes.append(f"Animated image with {img.n_frames} frames: using the first frame.")
+                img.seek(0)
+            if _orientation(img) not in (None, 1):
+                notes.append("Turned upright using the photo's EXIF orientation.")
+            img = ImageOps.exif_transpose(img)
+            img.load()
+        except InputError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InputError(f"{name} decodes to too many pixels (a possible decompression bomb).") from None
+        except UnidentifiedImageError:
+            raise InputError(f"{name} is not an image this app reads ({', '.join(EXTENSIONS)}).") from None
+        except (OSError, SyntaxError, ValueError) as err:
+            raise InputError(f"{name} could not be decoded (truncated or corrupt file): {err}") from None
+    rgb = _to_rgb(img, notes)
+    if max(rgb.size) > WORK_SIDE:
+        rgb.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.LANCZOS)
+    return LoadedImage(rgb, tuple(notes))
+
+
+def _orientation(img: Image.Image) -> int | None:
+    try:
+        return img.getexif().get(0x0112)
+    except Exception:  # a broken EXIF block is not worth refusing the image for
+        return None
+
+
+def square_thumbnail(img: Image.Image, size: int) -> Image.Image:
+    """Centre-crop to a square and resize to ``size`` (what a 32x32 model sees)."""
+    return ImageOps.fit(img, (size, size), Image.Resampling.LANCZOS)
+
+
+def to_model_input(img: Image.Image, *, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """An RGB image -> normalised ``(1, 3, size, size)`` tensor (the card's preprocessing)."""
+    return to_tensor(np.asarray(square_thumbnail(img, size))[None], mean, std)

@@ -1,0 +1,49 @@
+"""The few functions that place components on a Streamlit page (``render_*``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import streamlit as st
+
+from models.core import Knob, Trace
+
+
+def render_knobs(knobs: tuple[Knob, ...], defaults: dict[str, Any], *, key_of: Callable[[str], str]) -> dict[str, Any]:
+    """One widget per knob, built from the knob (never hard-coded ranges); ``key_of`` names
+    each widget's session-state key."""
+    values: dict[str, Any] = {}
+    for knob in knobs:
+        key = key_of(knob.key)
+        if knob.options:
+            default = defaults.get(knob.key, knob.default)
+            names = dict(zip(knob.options, knob.option_labels or knob.options, strict=True))
+            values[knob.key] = st.selectbox(
+                knob.label, knob.options, index=knob.options.index(default), key=key, help=knob.help,
+                format_func=names.__getitem__,
+            )  # fmt: skip
+        else:
+            values[knob.key] = st.slider(
+                knob.label, float(knob.lo), float(knob.hi), float(defaults.get(knob.key, knob.default)),
+                step=float(knob.step), key=key, help=knob.help,
+            )  # fmt: skip
+    return values
+
+
+def render_cost_metrics(trace: Trace, *, latency_ms: float | None, full_latency_ms: float | None) -> None:
+    """MFLOPs used (and % of the static network) and measured batch-1 latency."""
+    a, b = st.columns(2)
+    a.metric(
+        "Compute", f"{trace.mflops:.1f} MFLOPs", f"{100 * trace.fraction:.0f}% of full ({trace.full_mflops:.0f})",
+        delta_color="off", delta_arrow="off", help="Executed FLOPs for this input, counted with torch's FlopCounterMode; "
+        "one multiply-add = 2 FLOPs. Includes every exit classifier evaluated on the way.",
+    )  # fmt: skip
+    if latency_ms is not None:
+        ratio = (
+            f"{latency_ms / full_latency_ms:.2f}x the full network ({full_latency_ms:.1f} ms)"
+            if full_latency_ms
+            else None
+        )
+        b.metric("Latency", f"{latency_ms:.1f} ms", ratio, delta_color="off", delta_arrow="off",
+                 help="Median wall time of the real batch-1 dynamic forward pass on this machine's CPU.")  # fmt: skip

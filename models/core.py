@@ -1,0 +1,278 @@
+"""The core interface every dynamic model implements: Knob, Unit, Trace, DynamicModel, registry.
+
+One record flows from a model to the screen: the :class:`Trace`. It is plain data (numpy
+arrays, floats, strings) so it caches cheaply, tests easily and exports as JSON. Knobs are
+arguments of ``trace``, never state on the model, because a loaded model is shared by every
+browser session (unlike ToMe's ``model.r``).
+
+The registry follows timm: ``@register`` on the class, ``get(name)`` and ``available()``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+WEIGHTS_DIR = ASSETS / "weights"
+EVAL_DIR = ASSETS / "eval"
+CATEGORIES = ("output", "graph", "input")  # the survey's taxonomy
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One slider (or, with ``options``, one choice) that drives a dynamic decision.
+
+    ``instant`` is True when a new value re-decides an existing trace without a new forward
+    pass (an early-exit threshold: every exit's prediction was recorded once).
+    """
+
+    key: str
+    label: str
+    lo: float
+    hi: float
+    step: float
+    default: float | str
+    help: str
+    instant: bool = False
+    options: tuple[str, ...] = ()
+    option_labels: tuple[str, ...] = ()  # how the UI names each option
+
+    def validate(self, value: Any) -> float | str:
+        if self.options:
+            if value not in self.options:
+                raise ValueError(f"{self.key} must be one of {self.options}, got {value!r}")
+            return value
+        value = float(value)
+        if not self.lo <= value <= self.hi:
+            raise ValueError(f"{self.key}={value} outside [{self.lo}, {self.hi}]")
+        return value
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One dynamic decision point and what it cost for this input.
+
+    Attributes:
+        name: ``exit3``, ``stage2``, ...
+        kind: ``exit``, ``block``, ``expert``, ``token`` or ``pixel``.
+        executed: whether the unit's computation ran.
+        score: the number the knob acts on (an exit's confidence), if any.
+        decision: what was decided (an exit fired: bool; later kinds: masks, expert ids).
+        flops: FLOPs executed in this unit for this input.
+        full_flops: FLOPs the static network spends here.
+    """
+
+    name: str
+    kind: str
+    executed: bool
+    score: float | None
+    decision: Any
+    flops: int
+    full_flops: int
+
+
+@dataclass(frozen=True)
+class Trace:
+    """What a dynamic model computed for one input, in execution order."""
+
+    model: str
+    knobs: dict[str, Any]
+    probs: np.ndarray  # (num_classes,)
+    units: tuple[Unit, ...]
+    flops: int
+    full_flops: int
+    latency_ms: float | None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prediction(self) -> int:
+        return int(np.argmax(self.probs))
+
+    @property
+    def confidence(self) -> float:
+        return float(np.max(self.probs))
+
+    @property
+    def mflops(self) -> float:
+        return self.flops / 1e6
+
+    @property
+    def full_mflops(self) -> float:
+        return self.full_flops / 1e6
+
+    @property
+    def fraction(self) -> float:
+        return self.flops / self.full_flops
+
+    def to_json(self) -> str:
+        def plain(value: Any) -> Any:
+            if isinstance(value, np.ndarray):
+                return value.tolist()
+            if isinstance(value, np.generic):
+                return value.item()
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            if isinstance(value, list | tuple):
+                return [plain(v) for v in value]
+            return value
+
+        return json.dumps(plain(asdict(self)))
+
+
+@dataclass(frozen=True)
+class Card:
+    """Model card: what travels with the weights (timm's pretrained cfg, torchvision's meta)."""
+
+    name: str
+    title: str
+    category: str
+    papers: tuple[str, ...]
+    classes: tuple[str, ...]
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    meta: dict[str, Any] = field(default_factory=dict)  # training command, accuracy, sha256, ...
+
+    @property
+    def weights(self) -> Path:
+        return WEIGHTS_DIR / f"{self.name}.safetensors"
+
+    @property
+    def card_path(self) -> Path:
+        return WEIGHTS_DIR / f"{self.name}.json"
+
+
+class DynamicModel(nn.Module):
+    """Base class of every dynamic model. Subclasses set ``name``, ``title``, ``category``,
+    ``papers``, ``knobs`` and implement ``trace``, ``evaluate_batch`` and ``training_loss``.
+    """
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    category: ClassVar[str]
+    papers: ClassVar[tuple[str, ...]]
+    knobs: ClassVar[tuple[Knob, ...]]
+    static_knobs: ClassVar[dict[str, Any]]  # the setting that turns dynamism off
+    cost_knob: ClassVar[str]  # the knob that trades compute for accuracy
+    input_size: ClassVar[int] = 32
+    mean: ClassVar[tuple[float, float, float]] = (0.4914, 0.4822, 0.4465)
+    std: ClassVar[tuple[float, float, float]] = (0.2470, 0.2435, 0.2616)
+
+    @property
+    def card(self) -> Card:
+        from models.data import CLASSES
+
+        path = WEIGHTS_DIR / f"{self.name}.json"
+        meta = json.loads(path.read_text()) if path.exists() else {}
+        return Card(
+            self.name, self.title, self.category, self.papers, CLASSES,
+            self.input_size, self.mean, self.std, meta,
+        )  # fmt: skip
+
+    def knob_values(self, **knobs: Any) -> dict[str, Any]:
+        """Defaults filled in, every value checked against its knob's range."""
+        unknown = set(knobs) - {k.key for k in self.knobs}
+        if unknown:
+            raise ValueError(f"unknown knobs for {self.name}: {sorted(unknown)}")
+        return {k.key: k.validate(knobs.get(k.key, self.default_knob(k))) for k in self.knobs}
+
+    def default_knob(self, knob: Knob) -> float | str:
+        """The card's validated operating point when there is one, else the knob's default."""
+        return self.card.meta.get("default_knobs", {}).get(knob.key, knob.default)
+
+    @property
+    def full_flops(self) -> int:
+        """FLOPs of the static network (dynamism off) on one input."""
+        raise NotImplementedError
+
+    @property
+    def max_flops(self) -> int:
+        """FLOPs when every dynamic unit runs. Can exceed ``full_flops``: a hard image that
+        passes every exit pays for every exit classifier on top of the static network."""
+        raise NotImplementedError
+
+    def trace_all(self, x: torch.Tensor) -> Trace:
+        """Models with instant knobs: one pass that records everything :meth:`redecide` needs."""
+        raise NotImplementedError
+
+    def redecide(self, record: Trace, **knobs: Any) -> Trace:
+        """Models with instant knobs: the trace for new knob values, with no forward pass."""
+        raise NotImplementedError
+
+    def unit_modules(self) -> dict[str, nn.Module]:
+        """Unit name -> the module that computes it, so tests can see what really ran."""
+        raise NotImplementedError
+
+    def trace(self, x: torch.Tensor, **knobs: Any) -> Trace:
+        """Run one image ``(1, 3, H, W)`` dynamically and record every decision."""
+        raise NotImplementedError
+
+    def evaluate_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Batched outputs from which ``models.evaluate`` sweeps the knobs."""
+        raise NotImplementedError
+
+    def sweep(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, Any]:
+        """The eval table (``knob``, ``points``, ``full``, ...) from ``evaluate_batch`` outputs."""
+        raise NotImplementedError
+
+    def summarise(self, table: dict[str, Any]) -> dict[str, Any]:
+        """The operating points worth reporting, read off a test table."""
+        raise NotImplementedError
+
+    def calibrate(self, val_table: dict[str, Any]) -> dict[str, Any]:
+        """Default knob values chosen on a validation table."""
+        raise NotImplementedError
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def load_weights(self, path: Path | None = None) -> DynamicModel:
+        self.load_state_dict(load_file(str(path or self.card.weights)))
+        return self.eval()
+
+
+_REGISTRY: dict[str, type[DynamicModel]] = {}
+
+
+def register(cls: type[DynamicModel]) -> type[DynamicModel]:
+    """Class decorator: make a model available by name everywhere (sidebar, tests, CLI)."""
+    if cls.category not in CATEGORIES:
+        raise ValueError(f"{cls.__name__}.category must be one of {CATEGORIES}")
+    if cls.name in _REGISTRY:
+        raise ValueError(f"model {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def model_class(name: str) -> type[DynamicModel]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; available: {available()}") from None
+
+
+def get(name: str, *, pretrained: bool = True) -> DynamicModel:
+    """A fresh model in eval mode, with the committed weights when ``pretrained``."""
+    model = model_class(name)()
+    return model.load_weights() if pretrained else model.eval()
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """Run ``fn`` and return its result and wall time in milliseconds."""
+    start = time.perf_counter()
+    out = fn()
+    return out, (time.perf_counter() - start) * 1e3

@@ -1,0 +1,201 @@
+"""CIFAR-10 loading for training, evaluation and the app's test-image picker.
+
+CIFAR-10 (Krizhevsky, 2009). Three sources give the same arrays:
+
+* a zip in ImageFolder layout (``train/<class>/N.jpg``, ``test/<class>/N.jpg``), read
+  straight from the archive;
+* the same layout unpacked in a folder;
+* torchvision's ``CIFAR10(download=True)`` into a user cache (for users' machines; never
+  used by the tests, which must not download).
+
+Decoded splits are cached as ``.npz`` in the user cache folder, never in the repository.
+Images are ``uint8`` arrays shaped ``(N, 32, 32, 3)``; labels are ``int64`` ``(N,)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+ENV_VAR = "DYNN_CIFAR10"
+VAL_SIZE = 5000  # held out of train/ for validation and threshold choice
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Split:
+    """One labelled split: images ``(N, 32, 32, 3)`` uint8 and labels ``(N,)`` int64."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def head(self, n: int | None) -> Split:
+        """The first ``n`` images (all when ``n`` is None), stratified order kept."""
+        if n is None or n >= len(self):
+            return self
+        return Split(self.images[:n], self.labels[:n])
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    path = Path(root) / "dynn-explorer"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resolve_source(source: str | os.PathLike | None = None) -> Path | None:
+    """The dataset path from the argument or ``$DYNN_CIFAR10``; None when neither is set."""
+    value = source or os.environ.get(ENV_VAR)
+    return Path(value).expanduser() if value else None
+
+
+def _decode(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _read_imagefolder(entries: list[tuple[str, bytes]]) -> tuple[np.ndarray, np.ndarray]:
+    """Decode ``(relative path, bytes)`` pairs ``<split>/<class>/<file>`` in a fixed order."""
+    entries = sorted(entries)
+    images = np.stack([_decode(data) for _, data in entries])
+    labels = np.array([CLASSES.index(name.split("/")[-2]) for name, _ in entries], np.int64)
+    return images, labels
+
+
+def _raw_split(path: Path, folder: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``train`` or ``test`` from a zip or a folder in ImageFolder layout."""
+    suffixes = (".jpg", ".jpeg", ".png")
+    if path.is_file():
+        with zipfile.ZipFile(path) as zf:
+            names = [
+                n
+                for n in zf.namelist()
+                if n.lower().endswith(suffixes) and f"{folder}/" in n and n.split("/")[-2] in CLASSES
+            ]
+            # Zips may carry a top folder (cifar10/train/...); keep what follows it.
+            entries = [(n[n.index(f"{folder}/") :], zf.read(n)) for n in names]
+    elif path.is_dir():
+        root = path / folder
+        files = [p for p in root.glob("*/*") if p.suffix.lower() in suffixes]
+        entries = [(f"{folder}/{p.parent.name}/{p.name}", p.read_bytes()) for p in files]
+    else:
+        raise FileNotFoundError(f"CIFAR-10 source not found: {path}")
+    if not entries:
+        raise ValueError(f"no {folder}/<class>/*.jpg images in {path}")
+    return _read_imagefolder(entries)
+
+
+def _torchvision_split(folder: str) -> tuple[np.ndarray, np.ndarray]:
+    from torchvision.datasets import CIFAR10
+
+    ds = CIFAR10(str(cache_dir() / "torchvision"), train=folder == "train", download=True)
+    return np.asarray(ds.data, np.uint8), np.asarray(ds.targets, np.int64)
+
+
+def _cached_raw(path: Path | None, folder: str) -> tuple[np.ndarray, np.ndarray]:
+    if path is None:
+        key = "torchvision"
+    else:
+        stat = path.stat()
+        key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cached = cache_dir() / f"cifar10-{key}-{folder}.npz"
+    if cached.exists():
+        with np.load(cached) as npz:
+            return npz["images"], npz["labels"]
+    images, labels = _torchvision_split(folder) if path is None else _raw_split(path, folder)
+    tmp = cached.with_suffix(".tmp.npz")
+    np.savez(tmp, images=images, labels=labels)
+    tmp.replace(cached)
+    return images, labels
+
+
+def load_split(split: str, source: str | os.PathLike | None = None, *, download: bool = False) -> Split:
+    """Load ``train`` (train/ minus the validation hold-out), ``val`` or ``test``.
+
+    Args:
+        split: one of ``train``, ``val``, ``test``.
+        source: zip or folder; defaults to ``$DYNN_CIFAR10``.
+        download: with no source, fetch torchvision's copy into the user cache.
+
+    Returns:
+        The split; ``val`` is a fixed, class-balanced 5,000-image subset of train/.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    path = resolve_source(source)
+    if path is None and not download:
+        raise FileNotFoundError(f"no CIFAR-10 source: pass --data or set ${ENV_VAR}")
+    images, labels = _cached_raw(path, "test" if split == "test" else "train")
+    if split == "test":
+        picks = np.arange(len(labels))
+    elif split == "val":
+        picks = _val_indices(labels)
+    else:
+        picks = np.setdiff1d(np.arange(len(labels)), _val_indices(labels))
+    picks = picks[_interleave(labels[picks])]
+    return Split(images[picks], labels[picks])
+
+
+def _val_indices(labels: np.ndarray) -> np.ndarray:
+    """A fixed class-balanced hold-out of ``VAL_SIZE`` images (seeded, source-independent);
+    at most a tenth of each class, so a small folder still leaves images to train on."""
+    rng = np.random.default_rng(0)
+    per_class = min(VAL_SIZE // len(CLASSES), int(np.bincount(labels, minlength=len(CLASSES)).min()) // 10)
+    picks = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(len(CLASSES))]
+    return np.sort(np.concatenate(picks))
+
+
+def _interleave(labels: np.ndarray) -> np.ndarray:
+    """An order that cycles through the classes, so any prefix (``--limit N``) is balanced."""
+    rng = np.random.default_rng(0)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in range(len(CLASSES))]
+    n = min(len(p) for p in per_class)
+    head = np.stack([p[:n] for p in per_class], axis=1).reshape(-1)
+    tail = np.concatenate([p[n:] for p in per_class])
+    return np.concatenate([head, tail]).astype(np.int64)
+
+
+def to_tensor(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """``(N, H, W, 3)`` uint8 -> normalised float ``(N, 3, H, W)``."""
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255)
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop (4-pixel reflect padding) and horizontal flip on a batch ``(B, 3, H, W)``."""
+    b, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="reflect")
+    dy = torch.randint(0, 9, (b,), generator=generator)
+    dx = torch.randint(0, 9, (b,), generator=generator)
+    rows = (dy.view(b, 1) + torch.arange(h)).view(b, 1, h, 1).expand(b, 3, h, w + 8)
+    out = padded.gather(2, rows)
+    cols = (dx.view(b, 1) + torch.arange(w)).view(b, 1, 1, w).expand(b, 3, h, w)
+    out = out.gather(3, cols)
+    flip = torch.rand(b, generator=generator) < 0.5
+    out[flip] = out[flip].flip(3)
+    return out

@@ -1,0 +1,159 @@
+"""Train a registered model on CIFAR-10 ``train/`` (minus the validation hold-out).
+
+    python -m models.train --model early_exit --data PATH [--epochs 30]
+
+Writes ``assets/weights/<model>.safetensors`` and the training part of the model card
+``assets/weights/<model>.json``. Then ``python -m models.evaluate --model NAME --write``
+calibrates the default knobs on the validation split and measures the test split.
+
+Recipe: SGD with Nesterov momentum, a one-cycle learning rate (linear warm-up, linear decay),
+random crop and flip, bf16 autocast on CPU (about 2.3x faster than fp32 on AVX-512 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+import models
+from models.core import WEIGHTS_DIR
+from models.data import Split, augment, load_split, resolve_source, to_tensor
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, choices=models.available())
+    p.add_argument("--data", help="CIFAR-10 zip or folder (default: $DYNN_CIFAR10)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--lr", type=float, default=0.2, help="peak learning rate")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--warmup", type=float, default=0.15, help="fraction of steps warming up")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="train on the first N images only (smoke tests)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--out", type=Path, default=WEIGHTS_DIR)
+    p.add_argument("--no-bf16", action="store_true", help="train in fp32")
+    return p.parse_args(argv)
+
+
+@torch.no_grad()
+def exit_accuracy(model: models.DynamicModel, split: Split, batch_size: int = 1000) -> list[float]:
+    """Top-1 accuracy of every output in ``evaluate_batch``'s ``exit_probs``-like tensor."""
+    model.eval()
+    correct = None
+    for i in range(0, len(split), batch_size):
+        x = to_tensor(split.images[i : i + batch_size], model.mean, model.std)
+        y = torch.from_numpy(split.labels[i : i + batch_size])
+        probs = next(iter(model.evaluate_batch(x).values()))  # (B, K, C)
+        hits = (probs.argmax(-1) == y[:, None]).sum(0)
+        correct = hits if correct is None else correct + hits
+    return (correct.double() / len(split)).tolist()
+
+
+def lr_at(step: int, total: int, peak: float, warmup: float) -> float:
+    """One-cycle: linear from peak/10 to peak over ``warmup`` of the steps, then to zero."""
+    w = max(1, int(total * warmup))
+    if step < w:
+        return peak * (0.1 + 0.9 * step / w)
+    return peak * max(0.0, (total - step) / (total - w))
+
+
+def train(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    model = models.model_class(args.model)()
+    train_split = load_split("train", args.data).head(args.limit)
+    val_split = load_split("val", args.data).head(args.limit)
+    model = model.to(memory_format=torch.channels_last)  # ~15% faster with bf16 on CPU
+    x_all = to_tensor(train_split.images, model.mean, model.std)
+    y_all = torch.from_numpy(train_split.labels)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        momentum=0.9,
+        nesterov=True,
+    )
+    steps_per_epoch = max(1, len(train_split) // args.batch_size)
+    total = steps_per_epoch * args.epochs
+    step, start = 0, time.time()
+    for epoch in range(args.epochs):
+        model.train()
+        order = torch.randperm(len(train_split), generator=gen)
+        for i in range(steps_per_epoch):
+            idx = order[i * args.batch_size : (i + 1) * args.batch_size]
+            x = augment(x_all[idx], gen).contiguous(memory_format=torch.channels_last)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, total, args.lr, args.warmup)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.no_bf16):
+                loss, logs = model.training_loss(x, y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+        val = exit_accuracy(model, val_split) if (epoch + 1) % 5 == 0 or epoch + 1 == args.epochs else None
+        print(
+            json.dumps(
+                {
+                    "epoch": epoch + 1,
+                    "seconds": round(time.time() - start),
+                    **{k: round(v, 4) for k, v in logs.items()},
+                    "val": [round(a, 4) for a in val] if val else None,
+                }
+            ),
+            flush=True,
+        )
+    return {"model": model, "val": val, "seconds": time.time() - start, "n_train": len(train_split)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    result = train(args)
+    model = result["model"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    weights = args.out / f"{args.model}.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    source = resolve_source(args.data)
+    card = {
+        "name": args.model,
+        "title": model.title,
+        "category": model.category,
+        "papers": list(model.papers),
+        "training": {
+            "command": "python -m models.train " + shlex.join(sys.argv[1:] if argv is None else argv),
+            "data": f"CIFAR-10 train/ ({source.name if source else 'torchvision'}), "
+            f"{result['n_train']} images; validation hold-out of train/ excluded",
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "peak_lr": args.lr,
+            "weight_decay": args.weight_decay,
+            "seed": args.seed,
+            "bf16": not args.no_bf16,
+            "seconds": round(result["seconds"]),
+            "torch": torch.__version__,
+        },
+        "val_accuracy_per_exit": result["val"],
+        "num_params": int(sum(p.numel() for p in model.parameters())),
+        "input_size": model.input_size,
+        "mean": list(model.mean),
+        "std": list(model.std),
+    }
+    (args.out / f"{args.model}.json").write_text(json.dumps(card, indent=2) + "\n")
+    print(json.dumps({"weights": str(weights), "val": result["val"]}))
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()

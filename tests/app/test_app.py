@@ -1,0 +1,111 @@
+"""The app through ``streamlit.testing.v1.AppTest``: every page renders, knobs move the numbers,
+uploads (real photos and bad files) are handled."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app.inputs import TEST, UPLOAD
+from tests.conftest import ROOT
+
+MAIN = str(ROOT / "app" / "main.py")
+EARLY_EXITS = "views/early_exits.py"
+
+
+def open_page(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(MAIN, default_timeout=120).run()
+    assert not at.exception
+    if page:
+        at.switch_page(page).run()
+        assert not at.exception, at.exception
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def slider(at: AppTest, label: str):
+    return next(s for s in at.slider if s.label == label)
+
+
+def test_overview_lists_the_taxonomy_and_models():
+    at = open_page()
+    assert at.title[0].value == "DyNN Explorer"
+    assert {"Output-adaptive", "Computation-graph-adaptive", "Input-adaptive"} <= {s.value for s in at.subheader}
+
+
+def test_early_exits_page_renders_for_the_default_example():
+    at = open_page(EARLY_EXITS)
+    assert metric(at, "Prediction")
+    assert " of " in metric(at, "Exit")
+    assert metric(at, "Compute").endswith("MFLOPs")
+    assert metric(at, "Latency").endswith("ms")
+    assert not at.error
+
+
+def test_moving_the_threshold_changes_the_compute_figure():
+    at = open_page(EARLY_EXITS)
+    slider(at, "Confidence threshold").set_value(0.0).run()
+    cheap = metric(at, "Compute")
+    assert metric(at, "Exit").startswith("1 of")
+    slider(at, "Confidence threshold").set_value(1.0).run()
+    full = metric(at, "Compute")
+    assert cheap != full
+    assert float(cheap.split()[0]) < float(full.split()[0])
+    assert metric(at, "Exit").split()[0] == metric(at, "Exit").split()[-1]  # the last exit
+
+
+def test_changing_the_criterion_keeps_the_page_working():
+    at = open_page(EARLY_EXITS)
+    for option in at.selectbox(key="knob:early_exit:criterion").options:
+        at.selectbox(key="knob:early_exit:criterion").set_value(option).run()
+        assert not at.exception and metric(at, "Compute")
+
+
+def upload(at: AppTest, name: str, data: bytes, mime: str) -> AppTest:
+    at.sidebar.radio(key="source").set_value(UPLOAD).run()
+    at.sidebar.get("file_uploader")[0].set_value((name, data, mime)).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_uploading_a_real_photo(photos):
+    at = open_page(EARLY_EXITS)
+    upload(at, photos[0].name, photos[0].read_bytes(), "image/jpeg")
+    assert not at.error
+    assert metric(at, "Prediction") and metric(at, "Compute")
+    assert metric(at, "True label") == "unknown"  # an upload carries no label
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("empty.jpg", b"", "empty"),
+        ("notes.png", b"hello, not an image" * 50, "not an image"),
+        ("half.jpg", None, "truncated or corrupt"),
+    ],
+)
+def test_bad_upload_shows_a_message_and_the_next_upload_works(photos, name, data, message):
+    if data is None:
+        whole = photos[0].read_bytes()
+        data = whole[: len(whole) // 3]
+    at = open_page(EARLY_EXITS)
+    upload(at, name, data, "image/jpeg")
+    assert any(message in e.value for e in at.sidebar.error), [e.value for e in at.sidebar.error]
+    assert any("Choose an image" in i.value for i in at.info)
+    upload(at, photos[1].name, photos[1].read_bytes(), "image/jpeg")
+    assert not at.sidebar.error and metric(at, "Prediction")
+
+
+@pytest.mark.dataset
+def test_cifar_test_image_picker_shows_the_true_label(cifar_path, monkeypatch):
+    monkeypatch.setenv("DYNN_CIFAR10", str(cifar_path))
+    at = open_page(EARLY_EXITS)
+    at.sidebar.radio(key="source").set_value(TEST).run()
+    at.sidebar.number_input(key="test_index").set_value(7).run()
+    assert not at.exception
+    assert any(c.value.startswith("True label:") for c in at.sidebar.caption)
+    assert metric(at, "True label") != "unknown"
+    assert "test set" in at.subheader[0].value

@@ -1,0 +1,151 @@
+"""Contracts every registered model keeps, parametrised over the registry (timm-style): a new
+model gets every check with no edit here."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.modules import module as nn_module
+
+import models
+from models.core import EVAL_DIR, DynamicModel
+from models.data import to_tensor
+from models.evaluate import SUBSET, evaluate, sha256
+
+
+@pytest.fixture(scope="module", params=models.available())
+def model(request) -> DynamicModel:
+    return models.get(request.param)
+
+
+def knob_settings(model: DynamicModel, n: int = 11) -> list[dict]:
+    """The cost knob over its range, every option of the other knobs."""
+    cost = next(k for k in model.knobs if k.key == model.cost_knob)
+    grids = [
+        [(k.key, v) for v in (k.options or [k.default])] for k in model.knobs if k.key != model.cost_knob
+    ]  # fmt: skip
+    combos: list[dict] = [{}]
+    for grid in grids:
+        combos = [{**c, key: v} for c in combos for key, v in grid]
+    values = np.round(np.linspace(cost.lo, cost.hi, n), 6)
+    return [{**c, cost.key: float(v)} for c in combos for v in values]
+
+
+def sample_inputs(model: DynamicModel, n: int = 4) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(1, 3, model.input_size, model.input_size, generator=gen) for _ in range(n)]
+
+
+def hooks_left(model: DynamicModel) -> int:
+    per_module = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    return per_module + len(nn_module._global_forward_hooks) + len(nn_module._global_forward_pre_hooks)
+
+
+def ran_modules(model: DynamicModel, fn):
+    """``fn()``'s result and the names of the unit modules that really executed meanwhile."""
+    seen: set[str] = set()
+    handles = [m.register_forward_hook(lambda *_, n=name: seen.add(n)) for name, m in model.unit_modules().items()]
+    try:
+        result = fn()
+    finally:
+        for h in handles:
+            h.remove()
+    return result, seen
+
+
+def test_executed_flops_are_bounded(model):
+    for x in sample_inputs(model):
+        for knobs in knob_settings(model):
+            trace = model.trace(x, **knobs)
+            assert 0 < trace.flops <= model.max_flops
+            assert trace.flops == sum(u.flops for u in trace.units)
+            assert all(u.flops >= 0 for u in trace.units)
+            assert trace.full_flops == model.full_flops
+
+
+def test_static_setting_gives_static_cost_and_prediction(model):
+    for x in sample_inputs(model):
+        trace = model.trace(x, **model.static_knobs)
+        with torch.inference_mode():
+            static = model(x).softmax(-1)[0].numpy()
+        assert trace.flops == model.full_flops
+        assert trace.prediction == int(static.argmax())
+        np.testing.assert_allclose(trace.probs, static, atol=1e-5)
+
+
+def test_only_units_the_trace_says_ran_are_computed(model):
+    for x in sample_inputs(model, 2):
+        for knobs in knob_settings(model, 6):
+            trace, ran = ran_modules(model, lambda knobs=knobs, x=x: model.trace(x, **knobs))
+            assert ran == {u.name for u in trace.units if u.executed}
+
+
+def test_no_hooks_left_behind(model):
+    before = hooks_left(model)
+    x = sample_inputs(model, 1)[0]
+    model.trace(x)
+    model.evaluate_batch(x.repeat(2, 1, 1, 1))
+    if any(k.instant for k in model.knobs):
+        model.trace_all(x)
+    assert hooks_left(model) == before == 0
+
+
+def test_trace_is_plain_data(model):
+    trace = model.trace(sample_inputs(model, 1)[0])
+    data = json.loads(trace.to_json())
+    assert data["model"] == model.name and len(data["units"]) == len(trace.units)
+    assert trace.probs.shape == (len(model.card.classes),)
+    assert trace.probs.sum() == pytest.approx(1.0, abs=1e-5)
+    assert trace.latency_ms is not None and trace.latency_ms > 0
+
+
+# --- on the real test split ($DYNN_CIFAR10) -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def test_batch(test_split, model):
+    sub = test_split.head(200)
+    return to_tensor(sub.images, model.mean, model.std), sub.labels
+
+
+@pytest.mark.dataset
+def test_real_path_and_instant_path_decide_alike(model, test_batch):
+    if not any(k.instant for k in model.knobs):
+        pytest.skip(f"{model.name} has no instant knobs")
+    x, _ = test_batch
+    settings = knob_settings(model, 11)
+    for i in range(len(x)):
+        xi = x[i : i + 1]
+        record = model.trace_all(xi)
+        for knobs in settings:
+            real, instant = model.trace(xi, **knobs), model.redecide(record, **knobs)
+            assert [u.decision for u in real.units] == [u.decision for u in instant.units], (i, knobs)
+            assert [u.executed for u in real.units] == [u.executed for u in instant.units], (i, knobs)
+            assert real.flops == instant.flops and real.prediction == instant.prediction
+
+
+@pytest.mark.dataset
+def test_cost_is_monotone_in_the_cost_knob(model, test_batch):
+    x, _ = test_batch
+    cost = next(k for k in model.knobs if k.key == model.cost_knob)
+    values = [float(v) for v in np.linspace(cost.lo, cost.hi, 21) if v != model.static_knobs[cost.key]]
+    by_value = {v: np.mean([model.trace(x[i : i + 1], **{cost.key: v}).flops for i in range(50)]) for v in values}
+    costs = [by_value[v] for v in sorted(by_value)]
+    steps = np.diff(costs)
+    assert (steps >= 0).all() or (steps <= 0).all(), costs
+    assert costs[0] != costs[-1], "the cost knob must change the cost"
+
+
+@pytest.mark.dataset
+def test_shipped_weights_reproduce_their_card(model, test_split):
+    card = model.card.meta
+    table = json.loads((EVAL_DIR / f"{model.name}.json").read_text())
+    assert card["weights_sha256"] == sha256(model.card.weights)
+    assert card["test_accuracy"] == pytest.approx(table["full"]["accuracy"])
+    assert table["n"] == 10_000 and table["subset_check"]["n"] == SUBSET
+    measured = evaluate(model, test_split.head(SUBSET))
+    assert measured["full"]["accuracy"] == pytest.approx(table["subset_check"]["full_accuracy"], abs=1.5 / SUBSET)
+    assert measured["full"]["mflops"] == pytest.approx(card["full_mflops"])

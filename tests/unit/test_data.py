@@ -1,0 +1,87 @@
+"""CIFAR-10 loading from a zip or a folder in ImageFolder layout, on a tiny generated copy."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models.data import CLASSES, augment, load_split, to_tensor
+from tests.conftest import encode
+
+PER_CLASS = {"train": 20, "test": 3}
+
+
+def colour(split: str, c: int, i: int) -> tuple[int, int, int]:
+    return (c * 25, i * 10, 200 if split == "test" else 50)
+
+
+@pytest.fixture
+def tiny_sources(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = tmp_path / "folder"
+    zpath = tmp_path / "cifar.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for split, n in PER_CLASS.items():
+            for c, name in enumerate(CLASSES):
+                for i in range(n):
+                    data = encode(Image.new("RGB", (32, 32), colour(split, c, i)), "PNG")
+                    zf.writestr(f"cifar10/{split}/{name}/{i:04d}.png", data)  # a top folder, as some zips have
+                    path = folder / split / name / f"{i:04d}.png"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(data)
+    return zpath, folder
+
+
+def test_zip_and_folder_give_the_same_splits(tiny_sources):
+    zpath, folder = tiny_sources
+    for split in ("train", "val", "test"):
+        a, b = load_split(split, zpath), load_split(split, folder)
+        np.testing.assert_array_equal(a.images, b.images)
+        np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_split_sizes_and_labels(tiny_sources):
+    zpath, _ = tiny_sources
+    train, val, test = (load_split(s, zpath) for s in ("train", "val", "test"))
+    assert len(test) == 30 and len(val) == 20 and len(train) == 180  # val: a tenth of each class
+    assert train.images.shape[1:] == (32, 32, 3) and train.images.dtype == np.uint8
+    # labels match the class folder: the red channel encodes the class in this copy
+    np.testing.assert_array_equal(test.images[:, 0, 0, 0] // 25, test.labels)
+
+
+def test_validation_is_held_out_of_train(tiny_sources):
+    zpath, _ = tiny_sources
+    train, val = load_split("train", zpath), load_split("val", zpath)
+    key = lambda s: {(int(lbl), int(img[0, 0, 1])) for img, lbl in zip(s.images, s.labels, strict=True)}  # noqa: E731
+    assert not key(train) & key(val)
+    assert len(key(train) | key(val)) == 200
+
+
+def test_any_prefix_is_class_balanced(tiny_sources):
+    zpath, _ = tiny_sources
+    test = load_split("test", zpath).head(10)
+    assert sorted(test.labels.tolist()) == list(range(10))
+
+
+def test_missing_source_and_bad_split(tmp_path, monkeypatch):
+    monkeypatch.delenv("DYNN_CIFAR10", raising=False)
+    with pytest.raises(FileNotFoundError):
+        load_split("test")
+    with pytest.raises(FileNotFoundError):
+        load_split("test", tmp_path / "nope.zip")
+    with pytest.raises(ValueError):
+        load_split("holdout", tmp_path)
+
+
+def test_to_tensor_and_augment_shapes():
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    x = to_tensor(images, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert x.shape == (4, 3, 32, 32) and x.min() >= -1 and x.max() <= 1
+    out = augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    # a crop of a reflect-padded image only contains values of the original
+    assert set(out[0].unique().tolist()) <= set(x[0].unique().tolist())

@@ -1,0 +1,81 @@
+"""Exit criteria, the exit rule, and cost arithmetic of the early-exit model (no weights)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import models
+from models.early_exit import STATIC_THRESHOLD, confidence, first_exit, redecide
+
+
+def test_confidence_criteria_on_known_distributions():
+    uniform = torch.full((10,), 0.1)
+    onehot = torch.zeros(10)
+    onehot[3] = 1.0
+    assert confidence(uniform, "max_prob").item() == pytest.approx(0.1)
+    assert confidence(uniform, "entropy").item() == pytest.approx(0.0, abs=1e-6)
+    assert confidence(uniform, "margin").item() == pytest.approx(0.0)
+    for criterion in ("max_prob", "entropy", "margin"):
+        assert confidence(onehot, criterion).item() == pytest.approx(1.0)
+    two = torch.tensor([0.5, 0.5] + [0.0] * 8)
+    assert confidence(two, "entropy").item() == pytest.approx(1 - math.log(2) / math.log(10))
+
+
+def test_unknown_criterion_is_refused():
+    with pytest.raises(ValueError):
+        confidence(torch.ones(10) / 10, "vibes")
+
+
+def test_first_exit_picks_the_first_confident_exit_or_the_last():
+    scores = torch.tensor([[0.2, 0.8, 0.95], [0.1, 0.2, 0.3], [0.99, 0.1, 0.1]])
+    assert first_exit(scores, 0.9).tolist() == [2, 2, 0]
+    assert first_exit(scores, 0.5).tolist() == [1, 2, 0]
+    assert first_exit(scores, 0.0).tolist() == [0, 0, 0]
+
+
+def test_static_threshold_never_exits_early_even_on_saturated_softmax():
+    scores = torch.tensor([[1.0, 1.0, 1.0]])
+    assert first_exit(scores, STATIC_THRESHOLD).tolist() == [2]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return models.get("early_exit", pretrained=False)
+
+
+def test_cost_arithmetic(model):
+    k_last = model.num_exits - 1
+    assert model.cost_to_exit(k_last, dynamic=False) == model.full_flops
+    assert model.cost_to_exit(0) == model.stage_flops[0] + model.exit_flops[0]
+    dynamic = [model.cost_to_exit(k) for k in range(model.num_exits)]
+    assert dynamic == sorted(dynamic)
+    assert model.cost_to_exit(k_last) == model.full_flops + sum(model.exit_flops[:-1])
+
+
+def test_redecide_needs_an_all_exits_record(model):
+    trace = model.trace(torch.zeros(1, 3, 32, 32), threshold=0.5)
+    with pytest.raises(ValueError):
+        redecide(trace, threshold=0.5, criterion="max_prob")
+
+
+def test_redecide_units_follow_the_decision(model):
+    record = model.trace_all(torch.randn(1, 3, 32, 32))
+    for threshold in (0.0, 0.5, STATIC_THRESHOLD):
+        trace = redecide(record, threshold=threshold, criterion="max_prob")
+        fired = trace.extras["fired_exit"]
+        ran = [u.executed for u in trace.units if u.kind == "block"]
+        assert ran == [k <= fired for k in range(model.num_exits)]
+        assert sum(u.flops for u in trace.units) == trace.flops
+        np.testing.assert_allclose(trace.probs, record.extras["exit_probs"][fired])
+    assert redecide(record, threshold=0.0, criterion="max_prob").extras["fired_exit"] == 0
+
+
+def test_knobs_are_validated(model):
+    with pytest.raises(ValueError):
+        model.trace(torch.zeros(1, 3, 32, 32), threshold=1.5)
+    with pytest.raises(ValueError):
+        model.trace(torch.zeros(1, 3, 32, 32), criterion="nope")
+    with pytest.raises(ValueError):
+        model.trace(torch.zeros(1, 3, 32, 32), temperature=2)
