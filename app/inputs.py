@@ -46,17 +46,28 @@ def _from_array(arr: np.ndarray, name: str, label: int | None) -> InputImage:
 
 @st.cache_resource(show_spinner="Reading the CIFAR-10 test split...")
 def test_split(source: str) -> Split:
+    """The labelled test split, decoded once per process (read-only, so a resource)."""
     return load_split("test", source)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def example_array(loader: str) -> np.ndarray:
+    """One of scikit-image's bundled sample photos as an RGB array."""
     import skimage.data
 
     return np.asarray(getattr(skimage.data, loader)())
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def decode_upload(digest: str, name: str, _data: bytes) -> InputImage:
+    """Decode an upload once per content hash: reruns (every slider move) reuse it.
+    Raises InputError, which ``st.cache_data`` does not cache."""
+    loaded = load_image(_data, name)
+    return InputImage(loaded.image, digest, name, None, loaded.notes)
+
+
 def current_input() -> InputImage | None:
+    """The image the sidebar chose on this run, or None."""
     return st.session_state.get(state.INPUT)
 
 
@@ -69,11 +80,10 @@ def _upload() -> InputImage | None:
         return None
     data = file.getvalue()
     try:
-        loaded = load_image(data, file.name)
+        return decode_upload(_digest(data), file.name, data)
     except InputError as err:
         st.session_state[state.INPUT_ERROR] = str(err)
         return None
-    return InputImage(loaded.image, _digest(data), file.name, None, loaded.notes)
 
 
 def _test_image() -> InputImage | None:

@@ -16,6 +16,5 @@ PAGES = {
 }
 
 page = st.navigation(PAGES)
-if page.title != "Overview":
-    render_input_sidebar()
+render_input_sidebar()  # on every page, so the chosen input survives a visit to the Overview
 page.run()

@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import streamlit as st
-import torch
 
 import models
 from models.core import EVAL_DIR, DynamicModel
@@ -15,12 +14,21 @@ from models.core import EVAL_DIR, DynamicModel
 @st.cache_resource(show_spinner="Loading model...")
 def load_model(name: str) -> DynamicModel:
     """The committed weights in eval mode, shared by every session (knobs are arguments)."""
-    torch.set_grad_enabled(False)
     return models.get(name)
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
+@st.cache_resource(show_spinner=False)
 def eval_table(name: str) -> dict[str, Any] | None:
-    """``assets/eval/<name>.json`` as written by ``python -m models.evaluate --write``."""
+    """``assets/eval/<name>.json`` as written by ``python -m models.evaluate --write``.
+
+    A resource, not data: the table is read-only and large enough that ``cache_data``'s copy
+    on every rerun would cost more than the page's own work.
+    """
     path = EVAL_DIR / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def table_matches_weights(name: str) -> bool:
+    """Whether the eval table was measured on the weights the app has loaded."""
+    table = eval_table(name)
+    return table is not None and table.get("weights_sha256") == load_model(name).card.meta.get("weights_sha256")

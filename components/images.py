@@ -46,10 +46,11 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
 def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.asarray(img, dtype=np.float32)
         lo, hi = float(arr.min()), float(arr.max())
         scaled = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
-        notes.append(f"{mode} image ({'16-bit' if '16' in mode else 'high bit depth'}) rescaled to 8 bits.")
+        depth = "16-bit" if "16" in mode else "high bit depth"
+        notes.append(f"{depth} grayscale image: contrast-stretched (min to max) to 8 bits.")
         return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         notes.append("Transparent areas were filled with white.")
@@ -89,8 +90,10 @@ def load_image(data: bytes, name: str = "upload") -> LoadedImage:
                     f"{name} is {width}x{height}: too narrow to classify (aspect ratio over {MAX_ASPECT:.0f})."
                 )
             if getattr(img, "n_frames", 1) > 1:
-                notes.append(f"Animated image with {img.n_frames} frames: using the first frame.")
+                notes.append(f"Image with {img.n_frames} frames (animation or multi-picture): using the first.")
                 img.seek(0)
+            if img.format == "JPEG":
+                img.draft("RGB", (WORK_SIDE, WORK_SIDE))  # decode large JPEGs at reduced size
             if _orientation(img) not in (None, 1):
                 notes.append("Turned upright using the photo's EXIF orientation.")
             img = ImageOps.exif_transpose(img)
@@ -101,7 +104,9 @@ def load_image(data: bytes, name: str = "upload") -> LoadedImage:
             raise InputError(f"{name} decodes to too many pixels (a possible decompression bomb).") from None
         except UnidentifiedImageError:
             raise InputError(f"{name} is not an image this app reads ({', '.join(EXTENSIONS)}).") from None
-        except (OSError, SyntaxError, ValueError) as err:
+        except MemoryError:
+            raise InputError(f"{name} is too large to decode in memory.") from None
+        except Exception as err:  # Pillow's plugins raise many types on corrupt data; none may reach the page
             raise InputError(f"{name} could not be decoded (truncated or corrupt file): {err}") from None
     rgb = _to_rgb(img, notes)
     if max(rgb.size) > WORK_SIDE:

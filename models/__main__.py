@@ -11,9 +11,12 @@ import models
 
 
 def describe(name: str) -> dict:
+    """One model's entry in ``--list``."""
     model = models.model_class(name)()
     card = model.card
-    knobs = [{k: v for k, v in asdict(knob).items() if k in ("key", "lo", "hi", "step", "default", "instant", "options")}
+    fields = ("key", "lo", "hi", "step", "instant", "options")
+    # the default is the card's calibrated operating point when there is one, as in the app
+    knobs = [{**{k: v for k, v in asdict(knob).items() if k in fields}, "default": model.default_knob(knob)}
              for knob in model.knobs]  # fmt: skip
     return {
         "name": name,

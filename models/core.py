@@ -10,6 +10,7 @@ The registry follows timm: ``@register`` on the class, ``get(name)`` and ``avail
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ class Knob:
     option_labels: tuple[str, ...] = ()  # how the UI names each option
 
     def validate(self, value: Any) -> float | str:
+        """The value as a float (or option string), or ValueError when out of range."""
         if self.options:
             if value not in self.options:
                 raise ValueError(f"{self.key} must be one of {self.options}, got {value!r}")
@@ -164,12 +166,14 @@ class DynamicModel(nn.Module):
     knobs: ClassVar[tuple[Knob, ...]]
     static_knobs: ClassVar[dict[str, Any]]  # the setting that turns dynamism off
     cost_knob: ClassVar[str]  # the knob that trades compute for accuracy
+    cost_direction: ClassVar[int] = 1  # +1: raising the cost knob never lowers the cost; -1: never raises it
     input_size: ClassVar[int] = 32
     mean: ClassVar[tuple[float, float, float]] = (0.4914, 0.4822, 0.4465)
     std: ClassVar[tuple[float, float, float]] = (0.2470, 0.2435, 0.2616)
 
-    @property
+    @functools.cached_property
     def card(self) -> Card:
+        """Read once per model instance: ``trace`` consults it for default knobs every call."""
         from models.data import CLASSES
 
         path = WEIGHTS_DIR / f"{self.name}.json"
@@ -213,6 +217,12 @@ class DynamicModel(nn.Module):
         """Unit name -> the module that computes it, so tests can see what really ran."""
         raise NotImplementedError
 
+    def check_input(self, x: torch.Tensor) -> None:
+        """``trace`` takes one preprocessed image: unit FLOPs are counted at this shape."""
+        expected = (1, 3, self.input_size, self.input_size)
+        if tuple(x.shape) != expected:
+            raise ValueError(f"{self.name}.trace expects a tensor shaped {expected}, got {tuple(x.shape)}")
+
     def trace(self, x: torch.Tensor, **knobs: Any) -> Trace:
         """Run one image ``(1, 3, H, W)`` dynamically and record every decision."""
         raise NotImplementedError
@@ -237,6 +247,7 @@ class DynamicModel(nn.Module):
         raise NotImplementedError
 
     def load_weights(self, path: Path | None = None) -> DynamicModel:
+        """Load safetensors weights (no pickle): the committed file unless ``path``."""
         self.load_state_dict(load_file(str(path or self.card.weights)))
         return self.eval()
 
@@ -255,10 +266,12 @@ def register(cls: type[DynamicModel]) -> type[DynamicModel]:
 
 
 def available() -> list[str]:
+    """Names of the registered models, sorted."""
     return sorted(_REGISTRY)
 
 
 def model_class(name: str) -> type[DynamicModel]:
+    """The registered class of ``name``; KeyError listing the available ones otherwise."""
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -54,12 +54,15 @@ class Split:
 
     def head(self, n: int | None) -> Split:
         """The first ``n`` images (all when ``n`` is None), stratified order kept."""
+        if n is not None and n < 1:
+            raise ValueError(f"need at least one image, got n={n}")
         if n is None or n >= len(self):
             return self
         return Split(self.images[:n], self.labels[:n])
 
 
 def cache_dir() -> Path:
+    """The user cache folder for decoded splits (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
     root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     path = Path(root) / "dynn-explorer"
     path.mkdir(parents=True, exist_ok=True)
@@ -85,21 +88,26 @@ def _read_imagefolder(entries: list[tuple[str, bytes]]) -> tuple[np.ndarray, np.
     return images, labels
 
 
+def _wanted(parts: tuple[str, ...] | list[str], folder: str) -> bool:
+    """``.../<folder>/<class>/<image>``, skipping macOS resource forks and other debris."""
+    return (
+        len(parts) >= 3
+        and parts[-3] == folder
+        and parts[-2] in CLASSES
+        and parts[-1].lower().endswith((".jpg", ".jpeg", ".png"))
+        and not parts[-1].startswith(".")
+        and "__MACOSX" not in parts
+    )
+
+
 def _raw_split(path: Path, folder: str) -> tuple[np.ndarray, np.ndarray]:
     """Read ``train`` or ``test`` from a zip or a folder in ImageFolder layout."""
-    suffixes = (".jpg", ".jpeg", ".png")
     if path.is_file():
         with zipfile.ZipFile(path) as zf:
-            names = [
-                n
-                for n in zf.namelist()
-                if n.lower().endswith(suffixes) and f"{folder}/" in n and n.split("/")[-2] in CLASSES
-            ]
-            # Zips may carry a top folder (cifar10/train/...); keep what follows it.
-            entries = [(n[n.index(f"{folder}/") :], zf.read(n)) for n in names]
+            names = [n for n in zf.namelist() if _wanted(n.split("/"), folder)]
+            entries = [("/".join(n.split("/")[-3:]), zf.read(n)) for n in names]
     elif path.is_dir():
-        root = path / folder
-        files = [p for p in root.glob("*/*") if p.suffix.lower() in suffixes]
+        files = [p for p in (path / folder).glob("*/*") if _wanted(p.parts, folder)]
         entries = [(f"{folder}/{p.parent.name}/{p.name}", p.read_bytes()) for p in files]
     else:
         raise FileNotFoundError(f"CIFAR-10 source not found: {path}")
@@ -119,8 +127,10 @@ def _cached_raw(path: Path | None, folder: str) -> tuple[np.ndarray, np.ndarray]
     if path is None:
         key = "torchvision"
     else:
-        stat = path.stat()
-        key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        # a zip is one file; a folder changes inside its class folders, so stat those too
+        stats = [path, *sorted((path / folder).glob("*"))] if path.is_dir() else [path]
+        stamp = ";".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in stats)
+        key = hashlib.sha1(f"{path.resolve()}|{stamp}".encode()).hexdigest()[:16]
     cached = cache_dir() / f"cifar10-{key}-{folder}.npz"
     if cached.exists():
         with np.load(cached) as npz:

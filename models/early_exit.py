@@ -273,6 +273,7 @@ class EarlyExitResNet(DynamicModel):
     def trace_all(self, x: torch.Tensor) -> Trace:
         """Run every stage and every exit once and keep all predictions, so :func:`redecide`
         answers any criterion and threshold without a new forward pass."""
+        self.check_input(x)
         exit_probs = self.forward_all(x).softmax(-1)[0].numpy()  # (K, C)
         record = self._make_trace(
             self.knob_values(threshold=STATIC_THRESHOLD), self.num_exits - 1, exit_probs[-1],
@@ -332,7 +333,10 @@ def redecide(record: Trace, *, threshold: float, criterion: str) -> Trace:
     fired = int(first_exit(scores, threshold))
     # What the batch-1 path would have scored: exits up to the fired one (only the last when
     # exits are off). The figures still show every exit's answer from exit_probs.
-    evaluated = [float(s) if k <= fired and exits_enabled(threshold) else None for k, s in enumerate(scores)]
+    last = len(scores) - 1
+    evaluated = [
+        float(s) if k <= fired and (exits_enabled(threshold) or k == last) else None for k, s in enumerate(scores)
+    ]
     units = exit_units(record.extras["stage_flops"], record.extras["exit_flops"], fired, evaluated)
     extras = {**record.extras, "fired_exit": fired, "all_scores": scores.tolist()}
     knobs = {"criterion": criterion, "threshold": float(threshold)}

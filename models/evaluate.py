@@ -39,13 +39,27 @@ def outputs_on(model: DynamicModel, split: Split, batch_size: int = 500) -> dict
 
 
 def evaluate(model: DynamicModel, split: Split) -> dict[str, Any]:
+    """The model's eval table on one split (its ``sweep`` over the batched outputs)."""
     outputs = outputs_on(model, split)
     table = model.sweep(outputs, torch.from_numpy(split.labels))
     return {"model": model.name, "n": len(split), **table}
 
 
 def sha256(path: Path) -> str:
+    """Hex digest of a file (the card and eval table name the weights they describe)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def compact_points(table: dict[str, Any]) -> list[dict[str, float]]:
+    """Just value, accuracy and mean MFLOPs of each point (what the contract test re-checks)."""
+    return [{k: p[k] for k in ("value", "accuracy", "mflops")} for p in table["points"]]
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def write(model: DynamicModel, data: str | None) -> dict[str, Any]:
@@ -56,7 +70,8 @@ def write(model: DynamicModel, data: str | None) -> dict[str, Any]:
     table = {**evaluate(model, test), "split": "test", "default_knobs": defaults}
     table["summary"] = model.summarise(table)
     subset = evaluate(model, test.head(SUBSET))
-    table["subset_check"] = {"n": subset["n"], "full_accuracy": subset["full"]["accuracy"]}
+    table["subset_check"] = {"n": subset["n"], "full": subset["full"], "points": compact_points(subset)}
+    table["weights_sha256"] = sha256(model.card.weights)
     EVAL_DIR.mkdir(parents=True, exist_ok=True)
     (EVAL_DIR / f"{model.name}.json").write_text(json.dumps(table, separators=(",", ":")) + "\n")
 
@@ -88,10 +103,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", required=True, choices=models.available())
     p.add_argument("--data", help="CIFAR-10 zip or folder (default: $DYNN_CIFAR10)")
     p.add_argument("--split", default="test", choices=SPLITS)
-    p.add_argument("--limit", type=int, help="evaluate the first N (class-balanced) images")
+    p.add_argument("--limit", type=positive_int, help="evaluate the first N (class-balanced) images")
     p.add_argument("--weights", type=Path, help="weights file (default: the committed one)")
     p.add_argument("--write", action="store_true", help="calibrate, evaluate test, write assets")
     args = p.parse_args(argv)
+    if args.write and (args.weights or args.limit or args.split != "test"):
+        p.error("--write measures the committed weights on the whole test split: drop --weights/--limit/--split")
     model = models.model_class(args.model)().load_weights(args.weights)
     if args.write:
         table = write(model, args.data)

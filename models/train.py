@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -40,14 +39,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="train on the first N images only (smoke tests)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--out", type=Path, default=WEIGHTS_DIR)
+    p.add_argument("--init", type=Path, help="start from these weights (continue or fine-tune a run)")
+    p.add_argument("--out", type=Path, help=f"output folder (default: {WEIGHTS_DIR}, the shipped weights)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.limit and args.out is None:
+        p.error("a --limit run must not replace the shipped weights: give --out")
+    args.out = args.out or WEIGHTS_DIR
+    return args
 
 
 @torch.no_grad()
 def exit_accuracy(model: models.DynamicModel, split: Split, batch_size: int = 1000) -> list[float]:
-    """Top-1 accuracy of every output in ``evaluate_batch``'s ``exit_probs``-like tensor."""
+    """Top-1 accuracy of each of the ``(B, K, C)`` outputs the model's ``evaluate_batch`` puts
+    first (every exit, for the early-exit model) on a split; logged while training."""
     model.eval()
     correct = None
     for i in range(0, len(split), batch_size):
@@ -73,6 +78,8 @@ def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     model = models.model_class(args.model)()
+    if args.init:
+        model.load_weights(args.init)
     train_split = load_split("train", args.data).head(args.limit)
     val_split = load_split("val", args.data).head(args.limit)
     model = model.to(memory_format=torch.channels_last)  # ~15% faster with bf16 on CPU
@@ -155,5 +162,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=4)
     main()

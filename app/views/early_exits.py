@@ -12,7 +12,7 @@ from PIL import Image
 
 from app import state
 from app.inputs import current_input
-from app.models_cache import eval_table, load_model
+from app.models_cache import eval_table, load_model, table_matches_weights
 from components.figures import (
     exit_topk,
     make_accuracy_curve,
@@ -24,7 +24,7 @@ from components.figures import (
 from components.images import square_thumbnail, to_model_input
 from components.render import render_cost_metrics, render_knobs
 from models.core import Trace
-from models.early_exit import CRITERION_LABELS, redecide
+from models.early_exit import CRITERION_LABELS, exits_enabled
 
 MODEL = "early_exit"
 LATENCY_REPEATS = 5
@@ -44,11 +44,24 @@ def all_exits_record(name: str, key: str, _x: torch.Tensor) -> Trace:
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def measured_latency(name: str, key: str, _x: torch.Tensor, criterion: str, threshold: float) -> tuple[int, float]:
-    """Fired exit and median latency (ms) of the real batch-1 dynamic forward pass."""
+def measured_latency(
+    name: str, key: str, criterion: str, path: tuple[int, bool], _x: torch.Tensor, _threshold: float
+) -> tuple[int, float]:
+    """Fired exit and median latency (ms) of the real batch-1 forward pass.
+
+    Keyed by the path (fired exit, exits evaluated or not), not by the threshold: every
+    threshold that takes the same path runs the same computation, so a slider move costs at
+    most one measurement per exit.
+    """
     model = load_model(name)
-    runs = [model.trace(_x, criterion=criterion, threshold=threshold) for _ in range(LATENCY_REPEATS)]
+    runs = [model.trace(_x, criterion=criterion, threshold=_threshold) for _ in range(LATENCY_REPEATS)]
     return runs[0].extras["fired_exit"], statistics.median(t.latency_ms for t in runs)
+
+
+def latency_of(trace: Trace, key: str, x: torch.Tensor) -> tuple[int, float]:
+    criterion, threshold = trace.knobs["criterion"], trace.knobs["threshold"]
+    path = (trace.extras["fired_exit"], exits_enabled(threshold))
+    return measured_latency(trace.model, key, criterion, path, x, threshold)
 
 
 def nearest_point(points: list[dict[str, Any]], value: float) -> dict[str, Any]:
@@ -102,27 +115,25 @@ def render_dataset_panel(table: dict[str, Any], knobs: dict[str, Any], classes: 
                   help="For any threshold: images an earlier exit got right that the last exit gets wrong.")  # fmt: skip
 
 
-def render_explanation() -> None:
+def render_explanation(papers: tuple[str, ...], num_classes: int) -> None:
     with st.expander("How early exits work", expanded=False):
         st.markdown(
-            """
+            f"""
 A **multi-exit network** attaches small classifiers ("exits") along its depth. At inference,
 each exit in turn predicts; if its **confidence** reaches the **threshold**, the forward pass
 **stops** there, and the remaining stages are not computed. Easy images leave early; hard ones
-go deeper. A threshold of 1.0 runs the whole network (the static model).
+go deeper. A threshold of 1.0 runs the static network: no early exit is even evaluated.
 
 Confidence criteria: *max softmax probability*; *1 - normalised entropy* (entropy divided by
-log 10, so the same 0-1 threshold range fits); *margin* between the top two classes.
+log {num_classes}, its largest value, so the same 0-1 threshold range fits); *margin* between
+the top two classes.
 
 Compute counts every stage that ran **and** every exit classifier evaluated on the way: an exit
-that does not fire still costs FLOPs. A static exit (squares on the curve) runs only its own
-classifier.
-
-- Teerapittayanon et al., *BranchyNet*, ICPR 2016, arXiv:1709.01686
-- Kaya et al., *Shallow-Deep Networks: Understanding and Mitigating Network Overthinking*, ICML 2019, arXiv:1810.07052
-- Huang et al., *Multi-Scale Dense Networks for Resource Efficient Image Classification*, ICLR 2018, arXiv:1703.09844
-            """
+that does not fire still costs FLOPs, so an image that passes every exit costs more than the
+static network. A static exit (squares on the curve) runs only its own classifier.
+"""
         )
+        st.markdown("\n".join(f"- {paper}" for paper in papers))
 
 
 def main() -> None:
@@ -141,9 +152,9 @@ def main() -> None:
     top_left, top_right = st.columns([1, 2], gap="large")
     with top_right:
         knobs = render_knobs(model.knobs, defaults, key_of=lambda key: state.knob_key(MODEL, key))
-    trace = redecide(record, **knobs)
-    fired_real, latency = measured_latency(MODEL, picked.key, x, knobs["criterion"], knobs["threshold"])
-    _, full_latency = measured_latency(MODEL, picked.key, x, knobs["criterion"], 1.0)
+    trace = model.redecide(record, **knobs)
+    fired_real, latency = latency_of(trace, picked.key, x)
+    _, full_latency = latency_of(model.redecide(record, **{**knobs, **model.static_knobs}), picked.key, x)
     fired = trace.extras["fired_exit"]
     classes = card.classes
 
@@ -197,11 +208,14 @@ def main() -> None:
         st.dataframe(rows, hide_index=True, width="stretch")
 
     table = eval_table(MODEL)
-    if table is None:
-        st.warning(f"No evaluation table yet: run `python -m models.evaluate --model {MODEL} --write`.")
+    if table is None or not table_matches_weights(MODEL):
+        st.warning(
+            f"No evaluation table for these weights: run `python -m models.evaluate --model {MODEL} --write` "
+            "to measure the test split."
+        )
     else:
         render_dataset_panel(table, knobs, classes)
-    render_explanation()
+    render_explanation(model.papers, len(classes))
 
 
 main()

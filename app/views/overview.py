@@ -2,7 +2,6 @@
 
 import streamlit as st
 
-from app.models_cache import load_model
 from models import available, model_class
 
 TAXONOMY = {
@@ -45,10 +44,9 @@ for category, (title, text) in TAXONOMY.items():
         if not names:
             st.caption("No model of this family in the app yet.")
         for name in names:
-            cls = model_class(name)
-            card = load_model(name).card.meta
-            acc = card.get("test_accuracy")
-            summary = f"{cls.title}: {load_model(name).full_flops / 1e6:.0f} MFLOPs when static"
+            model = model_class(name)()  # architecture and card only: no weights needed here
+            acc = model.card.meta.get("test_accuracy")
+            summary = f"{model.title}: {model.full_flops / 1e6:.0f} MFLOPs when static"
             if acc is not None:
                 summary += f", {100 * acc:.2f}% top-1 on the CIFAR-10 test set"
             if name in PAGE_OF:

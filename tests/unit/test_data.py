@@ -85,3 +85,20 @@ def test_to_tensor_and_augment_shapes():
     assert out.shape == x.shape
     # a crop of a reflect-padded image only contains values of the original
     assert set(out[0].unique().tolist()) <= set(x[0].unique().tolist())
+
+
+def test_debris_and_lookalike_folders_are_ignored(tiny_sources, tmp_path):
+    zpath, folder = tiny_sources
+    with zipfile.ZipFile(zpath, "a") as zf:
+        zf.writestr("__MACOSX/cifar10/test/cat/._0000.png", b"\x00\x05\x16\x07 resource fork")
+        zf.writestr("cifar10/latest/cat/0000.png", encode(Image.new("RGB", (32, 32)), "PNG"))
+    (folder / "test" / "not_a_class").mkdir()
+    (folder / "test" / "not_a_class" / "x.png").write_bytes(b"junk")
+    for source in (zpath, folder):
+        assert len(load_split("test", source)) == 30
+
+
+def test_head_refuses_non_positive_sizes(tiny_sources):
+    zpath, _ = tiny_sources
+    with pytest.raises(ValueError):
+        load_split("test", zpath).head(0)

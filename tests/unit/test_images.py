@@ -14,14 +14,27 @@ from components.images import MAX_PIXELS, WORK_SIDE, InputError, load_image, squ
 from tests.conftest import encode
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims ``width x height`` but carries no pixel data (a bomb's header)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IEND", b"")
+
+
+def png_rgb16(arr: np.ndarray) -> bytes:
+    """A real 16-bit-per-channel RGB PNG (Pillow cannot write one)."""
+    h, w, _ = arr.shape
+    rows = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(rows))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def refused(data: bytes, match: str) -> None:
@@ -122,6 +135,23 @@ def test_animated_gif_uses_first_frame():
     loaded = load_image(data)
     assert np.asarray(loaded.image)[0, 0, 0] > 200  # red
     assert any("3 frames" in n for n in loaded.notes)
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+def test_corrupt_exif_does_not_break_loading(rgb_image):
+    data = encode(rgb_image, "JPEG")
+    # an APP1 segment that claims to be EXIF but holds garbage, right after the SOI marker
+    app1 = b"Exif\x00\x00" + b"MM\x00\x2a\xff\xff\xff\xff" + b"\x00" * 8
+    broken = data[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + data[2:]
+    loaded = load_image(broken)
+    assert loaded.image.mode == "RGB"
+
+
+def test_sixteen_bit_rgb_png():
+    arr = np.zeros((8, 8, 3), np.uint16)
+    arr[..., 0] = 65535  # pure red at 16 bits per channel
+    loaded = load_image(png_rgb16(arr))
+    assert loaded.image.mode == "RGB" and np.asarray(loaded.image)[0, 0].tolist() == [255, 0, 0]
 
 
 def test_exif_rotation_is_applied():
