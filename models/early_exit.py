@@ -232,16 +232,19 @@ class EarlyExitResNet(DynamicModel):
     def calibrate(self, val_table: dict[str, Any]) -> dict[str, Any]:
         return calibrate(val_table)
 
-    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Cross-entropy at every exit (MSDNet's equal weights) plus self-distillation of the
-        early exits towards the last one (BYOT, Zhang et al., 2019, arXiv:1905.08094)."""
+    def training_loss(
+        self, x: torch.Tensor, y: torch.Tensor, *, exit_weight: float = 1.0, distill: float = 0.5
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Cross-entropy at every exit (MSDNet's equal weights when ``exit_weight`` is 1; lower
+        it to favour the last exit) plus ``distill`` times self-distillation of the early exits
+        towards the last one (BYOT, Zhang et al., 2019, arXiv:1905.08094)."""
         logits = self.forward_all(x).float()  # (B, K, C)
         ce = torch.stack([F.cross_entropy(logits[:, k], y, label_smoothing=0.1) for k in range(self.num_exits)])
         temp = 3.0
         teacher = (logits[:, -1:].detach() / temp).log_softmax(-1)
         student = (logits[:, :-1] / temp).log_softmax(-1)
         kd = F.kl_div(student, teacher.expand_as(student), log_target=True, reduction="batchmean") * temp**2
-        loss = ce.sum() + 0.5 * kd / (self.num_exits - 1)
+        loss = exit_weight * ce[:-1].sum() + ce[-1] + distill * kd / (self.num_exits - 1)
         return loss, {"loss": loss.item(), **{f"ce{k}": c.item() for k, c in enumerate(ce)}}
 
     @torch.inference_mode()

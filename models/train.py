@@ -40,6 +40,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, help="train on the first N images only (smoke tests)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--init", type=Path, help="start from these weights (continue or fine-tune a run)")
+    p.add_argument("--init-card", type=Path, help="the card of --init, kept in the new card as its lineage")
+    p.add_argument(
+        "--loss",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keyword argument of the model's training_loss (e.g. exit_weight=0.3)",
+    )
     p.add_argument("--out", type=Path, help=f"output folder (default: {WEIGHTS_DIR}, the shipped weights)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32")
     args = p.parse_args(argv)
@@ -95,6 +103,7 @@ def train(args: argparse.Namespace) -> dict:
     )
     steps_per_epoch = max(1, len(train_split) // args.batch_size)
     total = steps_per_epoch * args.epochs
+    loss_kwargs = {k: float(v) for k, v in (item.split("=", 1) for item in args.loss)}
     step, start = 0, time.time()
     for epoch in range(args.epochs):
         model.train()
@@ -105,7 +114,7 @@ def train(args: argparse.Namespace) -> dict:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, args.lr, args.warmup)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.no_bf16):
-                loss, logs = model.training_loss(x, y_all[idx])
+                loss, logs = model.training_loss(x, y_all[idx], **loss_kwargs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -147,11 +156,13 @@ def main(argv: list[str] | None = None) -> None:
             "peak_lr": args.lr,
             "weight_decay": args.weight_decay,
             "seed": args.seed,
+            "loss": args.loss,
             "bf16": not args.no_bf16,
             "seconds": round(result["seconds"]),
             "torch": torch.__version__,
         },
         "val_accuracy_per_exit": result["val"],
+        "initialised_from": json.loads(args.init_card.read_text())["training"] if args.init_card else None,
         "num_params": int(sum(p.numel() for p in model.parameters())),
         "input_size": model.input_size,
         "mean": list(model.mean),

@@ -55,7 +55,7 @@ def browser_figures(moves: int = 15) -> dict:
         thumb.focus()
         times = []
         for _ in range(moves):
-            value = float(thumb.get_attribute("aria-valuenow") or 0)
+            value = float(thumb.input_value())
             target = f"threshold {value - 0.01:.2f}"
             t0 = time.perf_counter()
             page.keyboard.press("ArrowLeft")
