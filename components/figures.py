@@ -56,24 +56,34 @@ def make_exit_strip(trace: Trace, classes: Sequence[str]) -> go.Figure:
             hoverinfo="skip",
         )
     )
-    for i, unit in enumerate(trace.units):
-        k = int(re.search(r"\d+$", unit.name).group())
-        is_exit = unit.kind == "exit"
-        colour = (FIRED if unit.decision else EXIT) if is_exit and unit.executed else RAN if unit.executed else SKIPPED
-        label = f"exit {k + 1}" if is_exit else f"stage {k + 1}"
-        guess = ""
-        if is_exit and exit_probs is not None:
-            c = int(np.argmax(exit_probs[k]))
-            guess = f"<br>says {classes[c]} ({exit_probs[k][c]:.0%})"
-        status = "fired" if is_exit and unit.decision else "ran" if unit.executed else "not computed"
+    # one marker trace per kind (not one per unit): plotly validates each trace, and this
+    # figure is rebuilt on every slider move
+    for kind in ("block", "exit"):
+        idx = [i for i, u in enumerate(trace.units) if u.kind == kind]
+        colours, widths, labels, hovers = [], [], [], []
+        for i in idx:
+            unit = trace.units[i]
+            k = int(re.search(r"\d+$", unit.name).group())
+            is_exit = kind == "exit"
+            colours.append(
+                (FIRED if unit.decision else EXIT) if is_exit and unit.executed else RAN if unit.executed else SKIPPED
+            )
+            widths.append(3 if is_exit and unit.decision else 1)
+            labels.append(f"exit {k + 1}" if is_exit else f"stage {k + 1}")
+            guess = ""
+            if is_exit and exit_probs is not None:
+                c = int(np.argmax(exit_probs[k]))
+                guess = f"<br>says {classes[c]} ({exit_probs[k][c]:.0%})"
+            status = "fired" if is_exit and unit.decision else "ran" if unit.executed else "not computed"
+            hovers.append(f"{labels[-1]}: {status}<br>{unit.flops / 1e6:.1f} MFLOPs executed "
+                          f"(static net: {unit.full_flops / 1e6:.1f}){guess}")  # fmt: skip
         fig.add_trace(
             go.Scatter(
-                x=[i], y=[0], mode="markers+text",
-                marker={"symbol": "diamond" if is_exit else "square", "size": 34 if is_exit else 44, "color": colour,
-                        "line": {"width": 3 if unit.decision and is_exit else 1, "color": "black"}},
-                text=[label], textposition="bottom center" if is_exit else "top center",
-                hovertemplate=f"{label}: {status}<br>{unit.flops / 1e6:.1f} MFLOPs executed "
-                f"(static net: {unit.full_flops / 1e6:.1f}){guess}<extra></extra>",
+                x=idx, y=[0] * len(idx), mode="markers+text", text=labels, customdata=hovers,
+                marker={"symbol": "diamond" if kind == "exit" else "square", "size": 34 if kind == "exit" else 44,
+                        "color": colours, "line": {"width": widths, "color": "black"}},
+                textposition="bottom center" if kind == "exit" else "top center",
+                hovertemplate="%{customdata}<extra></extra>",
             )
         )  # fmt: skip
     fired_x = next(i for i, u in enumerate(trace.units) if u.kind == "exit" and u.decision)

@@ -6,6 +6,7 @@ import statistics
 from typing import Any
 
 import numpy as np
+import plotly.graph_objects as go
 import streamlit as st
 import torch
 from PIL import Image
@@ -58,10 +59,21 @@ def measured_latency(
     return runs[0].extras["fired_exit"], statistics.median(t.latency_ms for t in runs)
 
 
+@st.cache_resource(max_entries=128, show_spinner=False)
+def strip_figure(key: str, path: tuple[int, bool], _trace: Trace, _classes: tuple[str, ...]) -> go.Figure:
+    """The exit strip depends only on the image and the path taken, not on the exact threshold:
+    cached per path, as it is the costliest figure to build (read-only once built)."""
+    return make_exit_strip(_trace, _classes)
+
+
+def run_path(trace: Trace) -> tuple[int, bool]:
+    """What the forward pass did: the exit that fired, and whether early exits were evaluated."""
+    return trace.extras["fired_exit"], exits_enabled(trace.knobs["threshold"])
+
+
 def latency_of(trace: Trace, key: str, x: torch.Tensor) -> tuple[int, float]:
     criterion, threshold = trace.knobs["criterion"], trace.knobs["threshold"]
-    path = (trace.extras["fired_exit"], exits_enabled(threshold))
-    return measured_latency(trace.model, key, criterion, path, x, threshold)
+    return measured_latency(trace.model, key, criterion, run_path(trace), x, threshold)
 
 
 def nearest_point(points: list[dict[str, Any]], value: float) -> dict[str, Any]:
@@ -189,7 +201,7 @@ def main() -> None:
     with st.sidebar:
         st.markdown(f"**{MODEL}**: {classes[trace.prediction]} ({100 * trace.confidence:.0f}%), exit {fired + 1}")
 
-    st.plotly_chart(make_exit_strip(trace, classes), key="ee_strip")
+    st.plotly_chart(strip_figure(picked.key, run_path(trace), trace, classes), key="ee_strip")
     left, right = st.columns([3, 2])
     with left:
         st.plotly_chart(
