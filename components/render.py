@@ -37,7 +37,7 @@ def render_cost_metrics(trace: Trace, *, latency_ms: float | None, full_latency_
     a.metric(
         "Compute", f"{trace.mflops:.1f} MFLOPs", f"{100 * trace.fraction:.0f}% of full ({trace.full_mflops:.0f})",
         delta_color="off", delta_arrow="off", help="Executed FLOPs for this input, counted with torch's FlopCounterMode; "
-        "one multiply-add = 2 FLOPs. Includes every exit classifier evaluated on the way.",
+        "one multiply-add = 2 FLOPs. Includes what deciding costs (exit classifiers, gates).",
     )  # fmt: skip
     if latency_ms is not None:
         ratio = (

@@ -231,6 +231,15 @@ class DynamicModel(nn.Module):
         """Batched outputs from which ``models.evaluate`` sweeps the knobs."""
         raise NotImplementedError
 
+    def monitor_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, K, C)`` probabilities of the K outputs worth logging while training, named by
+        :attr:`monitor_names`; by default the first output of :meth:`evaluate_batch`."""
+        return next(iter(self.evaluate_batch(x).values()))
+
+    @property
+    def monitor_names(self) -> list[str]:
+        raise NotImplementedError
+
     def sweep(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, Any]:
         """The eval table (``knob``, ``points``, ``full``, ...) from ``evaluate_batch`` outputs."""
         raise NotImplementedError
@@ -245,6 +254,13 @@ class DynamicModel(nn.Module):
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def init_from(self, path: Path) -> dict[str, list[str]]:
+        """Weights to start training from (``models.train --init``). By default this model's
+        own file, every tensor; a model may also accept another's backbone. Returns the
+        modules left freshly initialised under ``new``."""
+        self.load_state_dict(load_file(str(path)))
+        return {"new": []}
 
     def load_weights(self, path: Path | None = None) -> DynamicModel:
         """Load safetensors weights (no pickle): the committed file unless ``path``."""

@@ -169,6 +169,10 @@ class EarlyExitResNet(DynamicModel):
         return {**stages, **{f"exit{k}": m for k, m in enumerate(self.exits)}}
 
     @property
+    def monitor_names(self) -> list[str]:
+        return [f"exit{k}" for k in range(self.num_exits)]
+
+    @property
     def num_exits(self) -> int:
         return len(self.exits)
 

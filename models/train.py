@@ -13,6 +13,7 @@ random crop and flip, bf16 autocast on CPU (about 2.3x faster than fp32 on AVX-5
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import sys
@@ -39,7 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="train on the first N images only (smoke tests)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--init", type=Path, help="start from these weights (continue or fine-tune a run)")
+    p.add_argument(
+        "--init", type=Path, help="start from these weights: continue a run, or (block_skip) the early-exit backbone"
+    )
     p.add_argument("--init-card", type=Path, help="the card of --init, kept in the new card as its lineage")
     p.add_argument(
         "--loss",
@@ -59,14 +62,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @torch.no_grad()
 def exit_accuracy(model: models.DynamicModel, split: Split, batch_size: int = 1000) -> list[float]:
-    """Top-1 accuracy of each of the ``(B, K, C)`` outputs the model's ``evaluate_batch`` puts
-    first (every exit, for the early-exit model) on a split; logged while training."""
+    """Top-1 accuracy of each of the K outputs of the model's ``monitor_batch`` (every exit, for
+    the early-exit model) on a split; logged while training."""
     model.eval()
     correct = None
     for i in range(0, len(split), batch_size):
         x = to_tensor(split.images[i : i + batch_size], model.mean, model.std)
         y = torch.from_numpy(split.labels[i : i + batch_size])
-        probs = next(iter(model.evaluate_batch(x).values()))  # (B, K, C)
+        probs = model.monitor_batch(x)  # (B, K, C)
         hits = (probs.argmax(-1) == y[:, None]).sum(0)
         correct = hits if correct is None else correct + hits
     return (correct.double() / len(split)).tolist()
@@ -86,8 +89,7 @@ def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     model = models.model_class(args.model)()
-    if args.init:
-        model.load_weights(args.init)
+    init = model.init_from(args.init) if args.init else None
     train_split = load_split("train", args.data).head(args.limit)
     val_split = load_split("val", args.data).head(args.limit)
     model = model.to(memory_format=torch.channels_last)  # ~15% faster with bf16 on CPU
@@ -131,7 +133,7 @@ def train(args: argparse.Namespace) -> dict:
             ),
             flush=True,
         )
-    return {"model": model, "val": val, "seconds": time.time() - start, "n_train": len(train_split)}
+    return {"model": model, "val": val, "seconds": time.time() - start, "n_train": len(train_split), "init": init}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -161,8 +163,14 @@ def main(argv: list[str] | None = None) -> None:
             "seconds": round(result["seconds"]),
             "torch": torch.__version__,
         },
-        "val_accuracy_per_exit": result["val"],
-        "initialised_from": json.loads(args.init_card.read_text())["training"] if args.init_card else None,
+        "val_accuracy": dict(zip(model.monitor_names, result["val"], strict=True)),
+        "initialised_from": args.init
+        and {
+            "weights": args.init.name,
+            "sha256": hashlib.sha256(args.init.read_bytes()).hexdigest(),
+            "training": json.loads(args.init_card.read_text())["training"] if args.init_card else None,
+        },
+        "new_modules_at_init": result["init"] and result["init"]["new"],
         "num_params": int(sum(p.numel() for p in model.parameters())),
         "input_size": model.input_size,
         "mean": list(model.mean),

@@ -77,5 +77,5 @@ def metric_value(page, label: str) -> str:
     return box.locator('[data-testid="stMetricValue"]').inner_text()
 
 
-def threshold_slider(page):
-    return page.locator('[data-testid="stSlider"]').filter(has_text="Confidence threshold").get_by_role("slider")
+def threshold_slider(page, label: str = "Confidence threshold"):
+    return page.locator('[data-testid="stSlider"]').filter(has_text=label).get_by_role("slider")

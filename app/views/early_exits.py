@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 import torch
-from PIL import Image
 
 from app import state
+from app.common import (
+    checked_table,
+    model_input,
+    nearest_point,
+    path_latency,
+    render_prediction,
+    render_seen_image,
+)
 from app.inputs import current_input
-from app.models_cache import eval_table, load_model, table_matches_weights
+from app.models_cache import load_model
 from components.figures import (
     exit_topk,
     make_accuracy_curve,
@@ -22,41 +28,17 @@ from components.figures import (
     make_exit_share,
     make_exit_strip,
 )
-from components.images import square_thumbnail, to_model_input
 from components.render import render_cost_metrics, render_knobs
 from models.core import Trace
 from models.early_exit import CRITERION_LABELS, exits_enabled
 
 MODEL = "early_exit"
-LATENCY_REPEATS = 5
-
-
-@st.cache_data(max_entries=64, show_spinner=False)
-def model_input(name: str, key: str, _image: Image.Image) -> torch.Tensor:
-    """The card's preprocessing of one image, keyed by its content hash."""
-    model = load_model(name)
-    return to_model_input(_image, size=model.input_size, mean=model.mean, std=model.std)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def all_exits_record(name: str, key: str, _x: torch.Tensor) -> Trace:
     """Every exit's prediction for one image, computed once (keyed by the image hash)."""
     return load_model(name).trace_all(_x)
-
-
-@st.cache_data(max_entries=256, show_spinner=False)
-def measured_latency(
-    name: str, key: str, criterion: str, path: tuple[int, bool], _x: torch.Tensor, _threshold: float
-) -> tuple[int, float]:
-    """Fired exit and median latency (ms) of the real batch-1 forward pass.
-
-    Keyed by the path (fired exit, exits evaluated or not), not by the threshold: every
-    threshold that takes the same path runs the same computation, so a slider move costs at
-    most one measurement per exit.
-    """
-    model = load_model(name)
-    runs = [model.trace(_x, criterion=criterion, threshold=_threshold) for _ in range(LATENCY_REPEATS)]
-    return runs[0].extras["fired_exit"], statistics.median(t.latency_ms for t in runs)
 
 
 @st.cache_resource(max_entries=128, show_spinner=False)
@@ -72,12 +54,9 @@ def run_path(trace: Trace) -> tuple[int, bool]:
 
 
 def latency_of(trace: Trace, key: str, x: torch.Tensor) -> tuple[int, float]:
-    criterion, threshold = trace.knobs["criterion"], trace.knobs["threshold"]
-    return measured_latency(trace.model, key, criterion, run_path(trace), x, threshold)
-
-
-def nearest_point(points: list[dict[str, Any]], value: float) -> dict[str, Any]:
-    return min(points, key=lambda p: abs(p["value"] - value))
+    """The exit the real batch-1 run stopped at, and its median latency."""
+    real, latency = path_latency(trace.model, key, (trace.knobs["criterion"], *run_path(trace)), x, trace.knobs)
+    return real.extras["fired_exit"], latency
 
 
 def render_dataset_panel(table: dict[str, Any], knobs: dict[str, Any], classes: tuple[str, ...]) -> None:
@@ -171,30 +150,9 @@ def main() -> None:
     classes = card.classes
 
     with top_left:
-        seen = square_thumbnail(picked.image, model.input_size).resize((160, 160), Image.Resampling.NEAREST)
-        st.image(seen, caption=f"What the model sees ({model.input_size}x{model.input_size}, enlarged)")
+        render_seen_image(picked, model.input_size)
     with top_right:
-        m1, m2, m3 = st.columns(3)
-        m1.metric(
-            "Prediction",
-            classes[trace.prediction],
-            f"{100 * trace.confidence:.1f}% probability",
-            delta_color="off",
-            delta_arrow="off",
-        )
-        m2.metric("Exit", f"{fired + 1} of {trace.extras['num_exits']}")
-        truth = (
-            ""
-            if picked.label is None
-            else ("correct" if trace.prediction == picked.label else f"true: {classes[picked.label]}")
-        )
-        m3.metric(
-            "True label",
-            classes[picked.label] if picked.label is not None else "unknown",
-            truth or None,
-            delta_color="off",
-            delta_arrow="off",
-        )
+        render_prediction(trace, picked, classes, ("Exit", f"{fired + 1} of {trace.extras['num_exits']}"))
         render_cost_metrics(trace, latency_ms=latency, full_latency_ms=full_latency)
         if fired_real != fired:  # the real path and the instant re-decision must agree; say so if not
             st.warning(f"The batch-1 run stopped at exit {fired_real + 1}, the re-decision at exit {fired + 1}.")
@@ -219,13 +177,8 @@ def main() -> None:
         ]
         st.dataframe(rows, hide_index=True, width="stretch")
 
-    table = eval_table(MODEL)
-    if table is None or not table_matches_weights(MODEL):
-        st.warning(
-            f"No evaluation table for these weights: run `python -m models.evaluate --model {MODEL} --write` "
-            "to measure the test split."
-        )
-    else:
+    table = checked_table(MODEL)
+    if table is not None:
         render_dataset_panel(table, knobs, classes)
     render_explanation(model.papers, len(classes))
 
