@@ -35,7 +35,6 @@ def path_latency(name: str, key: str, path: Hashable, _x: torch.Tensor, _knobs: 
     the same computation, so a slider move costs at most one measurement per path.
     """
     model = load_model(name)
-    model.trace(_x, **_knobs)  # warm-up: the first run of a path pays for oneDNN's kernel set-up
     runs = [model.trace(_x, **_knobs) for _ in range(LATENCY_REPEATS)]
     return runs[0], statistics.median(t.latency_ms for t in runs)
 
