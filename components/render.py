@@ -48,4 +48,4 @@ def render_cost_metrics(trace: Trace, *, latency_ms: float | None, full_latency_
             else None
         )
         b.metric("Latency", f"{latency_ms:.1f} ms", ratio, delta_color="off", delta_arrow="off",
-                 help="Median wall time of the real batch-1 dynamic forward pass on this machine's CPU.")  # fmt: skip
+                 help="Wall time of the real batch-1 dynamic forward pass on this machine's CPU, fastest of 5 runs.")  # fmt: skip

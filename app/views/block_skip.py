@@ -39,7 +39,7 @@ def gated_trace(name: str, key: str, threshold: float, _x: torch.Tensor) -> Trac
 
 
 def latency_of(trace: Trace, key: str, x: torch.Tensor) -> float:
-    """Median latency of the real batch-1 run, measured once per path (blocks run, gates on)."""
+    """Latency of the real batch-1 run, measured once per path (blocks run, gates on)."""
     gates_on = any(p is not None for p in trace.extras["gate_probs"])
     return path_latency(trace.model, key, (tuple(trace.extras["executed"]), gates_on), x, trace.knobs)[1]
 

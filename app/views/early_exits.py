@@ -54,7 +54,7 @@ def run_path(trace: Trace) -> tuple[int, bool]:
 
 
 def latency_of(trace: Trace, key: str, x: torch.Tensor) -> tuple[int, float]:
-    """The exit the real batch-1 run stopped at, and its median latency."""
+    """The exit the real batch-1 run stopped at, and its measured latency."""
     real, latency = path_latency(trace.model, key, (trace.knobs["criterion"], *run_path(trace)), x, trace.knobs)
     return real.extras["fired_exit"], latency
 
