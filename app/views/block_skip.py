@@ -13,10 +13,13 @@ from app.common import (
     model_input,
     nearest_point,
     path_latency,
+    render_explanation,
+    render_page_header,
     render_prediction,
     render_seen_image,
+    render_table_header,
 )
-from app.inputs import current_input, test_split
+from app.inputs import test_split
 from app.models_cache import load_model
 from components.figures import (
     block_label,
@@ -63,15 +66,7 @@ def render_test_images(title: str, rows: list[dict[str, Any]], classes: tuple[st
 def render_dataset_panel(table: dict[str, Any], threshold: float, classes: tuple[str, ...], per_stage: int) -> None:
     point = nearest_point(table["points"], threshold)
     full = table["full"]
-    st.subheader(f"On the CIFAR-10 test set ({table['n']:,} images)")
-    st.caption(f"From `assets/eval/{MODEL}.json`, written by `python -m models.evaluate --model {MODEL} --write`.")
-    a, b, c = st.columns(3)
-    a.metric("Test accuracy at this threshold", f"{100 * point['accuracy']:.2f}%",
-             f"{100 * (point['accuracy'] - full['accuracy']):+.2f} pts vs every block", delta_color="normal")  # fmt: skip
-    b.metric("Mean compute", f"{point['mflops']:.1f} MFLOPs", f"{100 * point['mflops'] / full['mflops']:.0f}% of full",
-             delta_color="off", delta_arrow="off")  # fmt: skip
-    c.metric("Every block on", f"{100 * full['accuracy']:.2f}%", f"{full['mflops']:.1f} MFLOPs",
-             delta_color="off", delta_arrow="off")  # fmt: skip
+    render_table_header(MODEL, table, point, full_name="every block", full_title="Every block on")
     left, right = st.columns(2)
     with left:
         curve = {"gated": {"points": table["points"][1:], "static": [{**full, "label": "every block"}]}}
@@ -87,10 +82,7 @@ def render_dataset_panel(table: dict[str, Any], threshold: float, classes: tuple
     render_test_images("Most expensive paths at this threshold", point["dearest"], classes)
 
 
-def render_explanation(papers: tuple[str, ...]) -> None:
-    with st.expander("How block skipping works", expanded=False):
-        st.markdown(
-            """
+EXPLANATION = """
 A **gated residual network** puts a small **gate** in front of every residual block. The gate
 looks at the block's input (global average pooling and two small linear layers, as in
 ConvNet-AIG) and gives the probability that the block is needed. If the probability reaches
@@ -105,8 +97,6 @@ The gates were trained with Gumbel-sigmoid samples and straight-through hard dec
 loss that pulls each block's execution rate towards a target (ConvNet-AIG). The backbone began
 as the early-exit model's, as SkipNet and BlockDrop begin from a trained ResNet.
 """
-        )
-        st.markdown("\n".join(f"- {paper}" for paper in papers))
 
 
 @st.fragment
@@ -154,14 +144,13 @@ def render_gated_run(picked: Any, x: torch.Tensor) -> None:
 
 def main() -> None:
     model = load_model(MODEL)
-    st.title("Block skipping")
-    st.caption("Computation-graph-adaptive: a gate in front of every residual block decides whether it runs.")
-    picked = current_input()
+    picked = render_page_header(
+        "Block skipping", "Computation-graph-adaptive: a gate in front of every residual block decides whether it runs."
+    )
     if picked is None:
-        st.info("Choose an image in the sidebar: upload one, pick a CIFAR-10 test image, or use an example photo.")
         return
     render_gated_run(picked, model_input(MODEL, picked.key, picked.image))
-    render_explanation(model.papers)
+    render_explanation("How block skipping works", EXPLANATION, model.papers)
 
 
 main()
