@@ -31,7 +31,9 @@ bench: $(DEV_STAMP)
 	$(PY) -m tests.bench
 
 evaluate: $(RUN_STAMP)
-	$(PY) -m models.evaluate --model early_exit --write
+	for model in $$($(PY) -c "import models; print(*models.available())"); do \
+		$(PY) -m models.evaluate --model $$model --write || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Hashable
 from typing import Any
 
@@ -10,7 +9,7 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from app.inputs import InputImage
+from app.inputs import InputImage, current_input
 from app.models_cache import eval_table, load_model, table_matches_weights
 from components.images import square_thumbnail, to_model_input
 from models.core import Trace
@@ -28,7 +27,9 @@ LATENCY_REPEATS = 5
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def path_latency(name: str, key: str, path: Hashable, _x: torch.Tensor, _knobs: dict[str, Any]) -> tuple[Trace, float]:
-    """The real batch-1 trace and its median latency (ms) over a few runs.
+    """The real batch-1 trace and its latency (ms): the fastest of a few runs, as ``timeit``
+    advises, since a slower run measures whatever else the machine was doing (on a page load,
+    the browser drawing the page on the same cores), not the model.
 
     Keyed by the image and the ``path`` the page expects the knobs to take (the exit that
     fires, the blocks that run), not by the knob values: every value taking the same path runs
@@ -36,7 +37,7 @@ def path_latency(name: str, key: str, path: Hashable, _x: torch.Tensor, _knobs: 
     """
     model = load_model(name)
     runs = [model.trace(_x, **_knobs) for _ in range(LATENCY_REPEATS)]
-    return runs[0], statistics.median(t.latency_ms for t in runs)
+    return runs[0], min(t.latency_ms for t in runs)
 
 
 def nearest_point(points: list[dict[str, Any]], value: float) -> dict[str, Any]:
@@ -72,3 +73,36 @@ def checked_table(name: str) -> dict[str, Any] | None:
         )
         return None
     return table
+
+
+def render_page_header(title: str, caption: str) -> InputImage | None:
+    """Title, one-line summary, and the sidebar's image; a hint and None when there is none."""
+    st.title(title)
+    st.caption(caption)
+    picked = current_input()
+    if picked is None:
+        st.info("Choose an image in the sidebar: upload one, pick a CIFAR-10 test image, or use an example photo.")
+    return picked
+
+
+def render_table_header(
+    name: str, table: dict[str, Any], point: dict[str, Any], *, full_name: str, full_title: str
+) -> None:
+    """The test-set panel's heading and its three numbers: accuracy and mean compute at the
+    current setting, and the static network (``full_name`` in the delta, ``full_title`` as label)."""
+    full = table["full"]
+    st.subheader(f"On the CIFAR-10 test set ({table['n']:,} images)")
+    st.caption(f"From `assets/eval/{name}.json`, written by `python -m models.evaluate --model {name} --write`.")
+    a, b, c = st.columns(3)
+    a.metric("Test accuracy at this threshold", f"{100 * point['accuracy']:.2f}%",
+             f"{100 * (point['accuracy'] - full['accuracy']):+.2f} pts vs {full_name}", delta_color="normal")  # fmt: skip
+    b.metric("Mean compute", f"{point['mflops']:.1f} MFLOPs", f"{100 * point['mflops'] / full['mflops']:.0f}% of full",
+             delta_color="off", delta_arrow="off")  # fmt: skip
+    c.metric(full_title, f"{100 * full['accuracy']:.2f}%", f"{full['mflops']:.1f} MFLOPs",
+             delta_color="off", delta_arrow="off")  # fmt: skip
+
+
+def render_explanation(title: str, text: str, papers: tuple[str, ...]) -> None:
+    with st.expander(title, expanded=False):
+        st.markdown(text)
+        st.markdown("\n".join(f"- {paper}" for paper in papers))

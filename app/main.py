@@ -13,6 +13,9 @@ st.set_page_config(page_title="DyNN Explorer", page_icon=":material/hub:", layou
 PAGES = {
     "Overview": [st.Page("views/overview.py", title="Overview", icon=":material/home:", default=True)],
     "Output-adaptive": [st.Page("views/early_exits.py", title="Early exits", icon=":material/logout:")],
+    "Computation-graph-adaptive": [
+        st.Page("views/block_skip.py", title="Block skipping", icon=":material/alt_route:"),
+    ],
 }
 
 page = st.navigation(PAGES)

@@ -143,7 +143,8 @@ def make_accuracy_curve(
                 go.Scatter(
                     x=[s["mflops"] for s in static], y=[100 * s["accuracy"] for s in static], mode="markers+text",
                     marker={"symbol": "square", "size": 9, "color": STATIC}, text=[s["label"] for s in static],
-                    textposition="bottom right", name=f"{name}: static", hovertemplate="%{text}: %{x:.1f} MFLOPs, %{y:.2f}%<extra></extra>",
+                    # the rightmost label to the left of its marker, so the plot's edge does not cut it
+                    textposition=["bottom right"] * (len(static) - 1) + ["bottom left"], name=f"{name}: static", hovertemplate="%{text}: %{x:.1f} MFLOPs, %{y:.2f}%<extra></extra>",
                 )
             )  # fmt: skip
     for name, (mflops, acc) in (current or {}).items():
@@ -179,6 +180,97 @@ def make_class_exit_heatmap(point: dict[str, Any], classes: Sequence[str]) -> go
             z=100 * share, x=names, y=list(classes), colorscale="Blues", zmin=0, zmax=100,
             text=np.round(100 * share).astype(int), texttemplate="%{text}", colorbar={"title": "%"},
             hovertemplate="%{y}: %{z:.1f}% leave at %{x}<extra></extra>",
+        )
+    )  # fmt: skip
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, height=360)
+
+
+def block_label(i: int, per_stage: int) -> str:
+    """``s2.b1``: stage and block within it, both from 1."""
+    return f"s{i // per_stage + 1}.b{i % per_stage + 1}"
+
+
+def make_block_path(trace: Trace) -> go.Figure:
+    """The gated network as a row of layers: fixed layers dark, blocks that ran coloured by
+    their gate probability, skipped blocks grey; the line is the path this input took (it
+    dips under a skipped block: the identity shortcut)."""
+    units = [u for u in trace.units if u.kind != "gate"]
+    per_stage = trace.extras["blocks_per_stage"]
+    gates_on = any(p is not None for p in trace.extras["gate_probs"])
+    xs = np.arange(len(units))
+    path_y = [0.0 if u.executed else -0.75 for u in units]
+    fig = go.Figure(go.Scatter(x=xs, y=path_y, mode="lines", line={"color": RAN, "width": 4, "shape": "spline"},
+                               hoverinfo="skip"))  # fmt: skip
+    groups = {
+        "layer": [i for i, u in enumerate(units) if u.kind == "layer"],
+        "ran": [i for i, u in enumerate(units) if u.kind == "block" and u.executed],
+        "skipped": [i for i, u in enumerate(units) if u.kind == "block" and not u.executed],
+    }
+    for group, idx in groups.items():
+        if not idx:
+            continue
+        labels, hovers, probs = [], [], []
+        for i in idx:
+            u = units[i]
+            if u.kind == "layer":
+                labels.append(u.name)
+                hovers.append(f"{u.name}: always runs<br>{u.flops / 1e6:.1f} MFLOPs")
+                continue
+            k = int(u.name[5:])
+            probs.append(u.score)
+            gate = f"gate {u.score:.2f}" if u.score is not None else "gate off"
+            labels.append(f"{block_label(k, per_stage)}<br>{gate}")
+            status = "ran" if u.executed else "skipped (not computed)"
+            hovers.append(f"block {block_label(k, per_stage)}: {status}<br>{gate}<br>"
+                          f"{u.flops / 1e6:.1f} of {u.full_flops / 1e6:.1f} MFLOPs")  # fmt: skip
+        marker: dict[str, Any] = {"symbol": "square", "size": 46, "line": {"width": 1, "color": "black"}}
+        if group == "layer":
+            marker["color"] = STATIC
+        elif group == "skipped":
+            marker["color"] = SKIPPED
+        elif gates_on:
+            marker.update(color=probs, colorscale="Blues", cmin=0, cmax=1,
+                          colorbar={"title": "gate p", "len": 0.9, "thickness": 12})  # fmt: skip
+        else:
+            marker["color"] = RAN
+        fig.add_trace(
+            go.Scatter(
+                x=idx, y=[0] * len(idx), mode="markers+text", marker=marker, text=labels, customdata=hovers,
+                textposition="top center", hovertemplate="%{customdata}<extra></extra>",
+            )
+        )  # fmt: skip
+    for stage, shape in enumerate(trace.extras["stage_shapes"]):
+        xs_stage = [i for i, u in enumerate(units) if u.kind == "block" and int(u.name[5:]) // per_stage == stage]
+        fig.add_annotation(
+            x=float(np.mean(xs_stage)), y=1.15, text=f"<b>stage {stage + 1}</b>: {shape}", showarrow=False
+        )
+    fig.update_xaxes(visible=False, range=[-0.7, len(units) - 0.3])
+    fig.update_yaxes(visible=False, range=[-1.1, 1.35])
+    return _layout(fig, height=240)
+
+
+def make_blocks_histogram(point: dict[str, Any]) -> go.Figure:
+    """How many gated blocks the test images ran at one threshold."""
+    counts = np.asarray(point["blocks_histogram"], dtype=float)
+    share = 100 * counts / counts.sum()
+    fig = go.Figure(go.Bar(x=list(range(len(counts))), y=share, marker_color=RAN, text=[f"{s:.0f}%" for s in share],
+                           textposition="outside", cliponaxis=False,
+                           hovertemplate="%{x} blocks run: %{y:.1f}% of test images<extra></extra>"))  # fmt: skip
+    fig.update_xaxes(title="gated blocks run", dtick=1)
+    fig.update_yaxes(title="% of test images", range=[0, max(share.max() * 1.2, 10)])
+    return _layout(fig, height=300)
+
+
+def make_class_block_heatmap(point: dict[str, Any], classes: Sequence[str], per_stage: int) -> go.Figure:
+    """Rows: true class; columns: gated block; cell: how often that class's images ran it."""
+    rate = 100 * np.asarray(point["class_block_rate"])  # (C, N)
+    names = [block_label(i, per_stage) for i in range(rate.shape[1])]
+    fig = go.Figure(
+        go.Heatmap(
+            z=rate, x=names, y=list(classes), colorscale="Blues", zmin=0, zmax=100,
+            text=np.round(rate).astype(int), texttemplate="%{text}", colorbar={"title": "% run"},
+            hovertemplate="%{y}: block %{x} runs for %{z:.1f}%<extra></extra>",
         )
     )  # fmt: skip
     fig.update_yaxes(autorange="reversed")

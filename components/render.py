@@ -10,7 +10,9 @@ import streamlit as st
 from models.core import Knob, Trace
 
 
-def render_knobs(knobs: tuple[Knob, ...], defaults: dict[str, Any], *, key_of: Callable[[str], str]) -> dict[str, Any]:
+def render_knobs(
+    knobs: tuple[Knob, ...], defaults: dict[str, Any], *, key_of: Callable[[str], str], disabled: bool = False
+) -> dict[str, Any]:
     """One widget per knob, built from the knob (never hard-coded ranges); ``key_of`` names
     each widget's session-state key."""
     values: dict[str, Any] = {}
@@ -21,12 +23,12 @@ def render_knobs(knobs: tuple[Knob, ...], defaults: dict[str, Any], *, key_of: C
             names = dict(zip(knob.options, knob.option_labels or knob.options, strict=True))
             values[knob.key] = st.selectbox(
                 knob.label, knob.options, index=knob.options.index(default), key=key, help=knob.help,
-                format_func=names.__getitem__,
+                format_func=names.__getitem__, disabled=disabled,
             )  # fmt: skip
         else:
             values[knob.key] = st.slider(
                 knob.label, float(knob.lo), float(knob.hi), float(defaults.get(knob.key, knob.default)),
-                step=float(knob.step), key=key, help=knob.help,
+                step=float(knob.step), key=key, help=knob.help, disabled=disabled,
             )  # fmt: skip
     return values
 
@@ -46,4 +48,4 @@ def render_cost_metrics(trace: Trace, *, latency_ms: float | None, full_latency_
             else None
         )
         b.metric("Latency", f"{latency_ms:.1f} ms", ratio, delta_color="off", delta_arrow="off",
-                 help="Median wall time of the real batch-1 dynamic forward pass on this machine's CPU.")  # fmt: skip
+                 help="Wall time of the real batch-1 dynamic forward pass on this machine's CPU, fastest of 5 runs.")  # fmt: skip

@@ -66,7 +66,8 @@ class Unit:
 
     Attributes:
         name: ``exit3``, ``stage2``, ...
-        kind: ``exit``, ``block``, ``expert``, ``token`` or ``pixel``.
+        kind: ``exit``, ``block``, ``gate``, ``expert``, ``token``, ``pixel``, or ``layer``
+            (computation that always runs, listed so the units add up to the trace's FLOPs).
         executed: whether the unit's computation ran.
         score: the number the knob acts on (an exit's confidence), if any.
         decision: what was decided (an exit fired: bool; later kinds: masks, expert ids).

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import shlex
 import sys
@@ -75,6 +76,19 @@ def exit_accuracy(model: models.DynamicModel, split: Split, batch_size: int = 10
     return (correct.double() / len(split)).tolist()
 
 
+def loss_settings(model: models.DynamicModel, overrides: list[str]) -> dict[str, float]:
+    """Every keyword of the model's ``training_loss`` with the value this run used (defaults
+    included), so the card names the whole loss."""
+    params = inspect.signature(model.training_loss).parameters.values()
+    used = {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return used | parse_loss(overrides)
+
+
+def parse_loss(items: list[str]) -> dict[str, float]:
+    """``--loss KEY=VALUE`` items as keyword arguments of ``training_loss``."""
+    return {k: float(v) for k, v in (item.split("=", 1) for item in items)}
+
+
 def lr_at(step: int, total: int, peak: float, warmup: float) -> float:
     """One-cycle: linear from peak/10 to peak over ``warmup`` of the steps, then to zero."""
     w = max(1, int(total * warmup))
@@ -105,7 +119,7 @@ def train(args: argparse.Namespace) -> dict:
     )
     steps_per_epoch = max(1, len(train_split) // args.batch_size)
     total = steps_per_epoch * args.epochs
-    loss_kwargs = {k: float(v) for k, v in (item.split("=", 1) for item in args.loss)}
+    loss_kwargs = parse_loss(args.loss)
     step, start = 0, time.time()
     for epoch in range(args.epochs):
         model.train()
@@ -158,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
             "peak_lr": args.lr,
             "weight_decay": args.weight_decay,
             "seed": args.seed,
-            "loss": args.loss,
+            "loss": loss_settings(model, args.loss),
             "bf16": not args.no_bf16,
             "seconds": round(result["seconds"]),
             "torch": torch.__version__,

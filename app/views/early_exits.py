@@ -15,10 +15,12 @@ from app.common import (
     model_input,
     nearest_point,
     path_latency,
+    render_explanation,
+    render_page_header,
     render_prediction,
     render_seen_image,
+    render_table_header,
 )
-from app.inputs import current_input
 from app.models_cache import load_model
 from components.figures import (
     exit_topk,
@@ -54,7 +56,7 @@ def run_path(trace: Trace) -> tuple[int, bool]:
 
 
 def latency_of(trace: Trace, key: str, x: torch.Tensor) -> tuple[int, float]:
-    """The exit the real batch-1 run stopped at, and its median latency."""
+    """The exit the real batch-1 run stopped at, and its measured latency."""
     real, latency = path_latency(trace.model, key, (trace.knobs["criterion"], *run_path(trace)), x, trace.knobs)
     return real.extras["fired_exit"], latency
 
@@ -64,20 +66,7 @@ def render_dataset_panel(table: dict[str, Any], knobs: dict[str, Any], classes: 
     points = table["criteria"][criterion]
     point = nearest_point(points, threshold)
     n = table["n"]
-    st.subheader(f"On the CIFAR-10 test set ({n:,} images)")
-    st.caption(f"From `assets/eval/{MODEL}.json`, written by `python -m models.evaluate --model {MODEL} --write`.")
-    a, b, c = st.columns(3)
-    a.metric("Test accuracy at this threshold", f"{100 * point['accuracy']:.2f}%",
-             f"{100 * (point['accuracy'] - table['full']['accuracy']):+.2f} pts vs last exit", delta_color="normal")  # fmt: skip
-    b.metric("Mean compute", f"{point['mflops']:.1f} MFLOPs", f"{100 * point['mflops'] / table['full']['mflops']:.0f}% of full",
-             delta_color="off", delta_arrow="off")  # fmt: skip
-    c.metric(
-        "Full network",
-        f"{100 * table['full']['accuracy']:.2f}%",
-        f"{table['full']['mflops']:.1f} MFLOPs",
-        delta_color="off",
-        delta_arrow="off",
-    )
+    render_table_header(MODEL, table, point, full_name="last exit", full_title="Full network")
     left, right = st.columns(2)
     with left:
         static = [
@@ -106,10 +95,8 @@ def render_dataset_panel(table: dict[str, Any], knobs: dict[str, Any], classes: 
                   help="For any threshold: images an earlier exit got right that the last exit gets wrong.")  # fmt: skip
 
 
-def render_explanation(papers: tuple[str, ...], num_classes: int) -> None:
-    with st.expander("How early exits work", expanded=False):
-        st.markdown(
-            f"""
+def explanation(num_classes: int) -> str:
+    return f"""
 A **multi-exit network** attaches small classifiers ("exits") along its depth. At inference,
 each exit in turn predicts; if its **confidence** reaches the **threshold**, the forward pass
 **stops** there, and the remaining stages are not computed. Easy images leave early; hard ones
@@ -123,18 +110,15 @@ Compute counts every stage that ran **and** every exit classifier evaluated on t
 that does not fire still costs FLOPs, so an image that passes every exit costs more than the
 static network. A static exit (squares on the curve) runs only its own classifier.
 """
-        )
-        st.markdown("\n".join(f"- {paper}" for paper in papers))
 
 
 def main() -> None:
     model = load_model(MODEL)
     card = model.card
-    st.title("Early exits")
-    st.caption("Output-adaptive: stop the forward pass at the first exit that is confident enough.")
-    picked = current_input()
+    picked = render_page_header(
+        "Early exits", "Output-adaptive: stop the forward pass at the first exit that is confident enough."
+    )
     if picked is None:
-        st.info("Choose an image in the sidebar: upload one, pick a CIFAR-10 test image, or use an example photo.")
         return
     x = model_input(MODEL, picked.key, picked.image)
     defaults = {k.key: model.default_knob(k) for k in model.knobs}
@@ -180,7 +164,7 @@ def main() -> None:
     table = checked_table(MODEL)
     if table is not None:
         render_dataset_panel(table, knobs, classes)
-    render_explanation(model.papers, len(classes))
+    render_explanation("How early exits work", explanation(len(classes)), model.papers)
 
 
 main()

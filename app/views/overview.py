@@ -21,7 +21,7 @@ TAXONOMY = {
         "(DynamicViT, EViT, ToMe) or compute only some pixels (SACT, DynConv).",
     ),
 }
-PAGE_OF = {"early_exit": "views/early_exits.py"}
+PAGE_OF = {"early_exit": "views/early_exits.py", "block_skip": "views/block_skip.py"}
 
 st.title("DyNN Explorer")
 st.markdown(

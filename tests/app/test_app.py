@@ -11,6 +11,7 @@ from tests.conftest import ROOT
 
 MAIN = str(ROOT / "app" / "main.py")
 EARLY_EXITS = "views/early_exits.py"
+BLOCK_SKIP = "views/block_skip.py"
 
 
 def open_page(page: str | None = None) -> AppTest:
@@ -109,3 +110,31 @@ def test_cifar_test_image_picker_shows_the_true_label(cifar_path, monkeypatch):
     assert any(c.value.startswith("True label:") for c in at.sidebar.caption)
     assert metric(at, "True label") != "unknown"
     assert "test set" in at.subheader[0].value
+
+
+def test_block_skip_page_renders_with_its_test_set_panel():
+    at = open_page(BLOCK_SKIP)
+    assert at.title[0].value == "Block skipping"
+    assert " of " in metric(at, "Blocks run")
+    assert metric(at, "Compute").endswith("MFLOPs") and metric(at, "Latency").endswith("ms")
+    assert "test set" in at.subheader[0].value  # the eval table matches the shipped weights
+    assert not at.error and not at.warning
+
+
+def test_gate_threshold_and_the_all_blocks_toggle_change_the_path():
+    at = open_page(BLOCK_SKIP)
+    slider(at, "Gate threshold").set_value(0.0).run()
+    assert metric(at, "Blocks run") == "6 of 6"
+    full = float(metric(at, "Compute").split()[0])
+    slider(at, "Gate threshold").set_value(1.0).run()
+    assert not at.exception
+    strict = float(metric(at, "Compute").split()[0])
+    assert strict < full and metric(at, "Blocks run") != "6 of 6"
+    at.toggle(key="knob:block_skip:all_on").set_value(True).run()
+    assert metric(at, "Blocks run") == "6 of 6" and float(metric(at, "Compute").split()[0]) == full
+
+
+def test_block_skip_page_takes_an_upload(photos):
+    at = open_page(BLOCK_SKIP)
+    upload(at, photos[2].name, photos[2].read_bytes(), "image/jpeg")
+    assert not at.exception and metric(at, "Blocks run")

@@ -1,11 +1,13 @@
-"""``make bench``: performance figures for the early-exit view, printed as JSON and written to
+"""``make bench``: performance figures of the model pages, printed as JSON and written to
 ``artifacts/bench.json``. Benchmarks report numbers; the tests assert behaviour.
 
-- threshold change, server side: one AppTest rerun after a slider move (median ms);
+- threshold change, server side: one AppTest rerun after a slider move (median ms), on the
+  early-exit page (instant re-decision) and the block-skipping page (a forward pass);
 - slider release to updated figure in Chromium (median ms);
 - cold start: ``streamlit run`` to the first rendered early-exit figure (s);
-- model latency per threshold at batch size 1 on test images, and the ratio to the full
-  network at the <= 50 %-FLOPs operating point from the eval table (needs ``$DYNN_CIFAR10``).
+- model latency per threshold at batch size 1 on test images, and the ratio to the static
+  network at the operating point the issue names: early exits at <= 50 % of the FLOPs, block
+  skipping at its default threshold (needs ``$DYNN_CIFAR10``).
 """
 
 from __future__ import annotations
@@ -26,19 +28,19 @@ from tests.support import ROOT, chromium_browser, serve_app, threshold_slider, w
 OUT = ROOT / "artifacts" / "bench.json"
 
 
-def server_side_threshold_ms(moves: int = 20) -> dict:
+def server_side_threshold_ms(page: str, label: str, values: np.ndarray) -> dict:
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=120).run()
-    at.switch_page("views/early_exits.py").run()
-    slider = next(s for s in at.slider if s.label == "Confidence threshold")
+    at.switch_page(page).run()
+    slider = next(s for s in at.slider if s.label == label)
     times = []
-    for value in np.round(np.linspace(0.5, 0.99, moves), 2):
+    for value in values:
         start = time.perf_counter()
         slider.set_value(float(value)).run()
         times.append((time.perf_counter() - start) * 1e3)
-        slider = next(s for s in at.slider if s.label == "Confidence threshold")
-    return {"median_ms": statistics.median(times), "max_ms": max(times), "moves": moves}
+        slider = next(s for s in at.slider if s.label == label)
+    return {"median_ms": statistics.median(times), "max_ms": max(times), "moves": len(values)}
 
 
 def browser_figures(moves: int = 15) -> dict:
@@ -68,19 +70,18 @@ def browser_figures(moves: int = 15) -> dict:
     return {"cold_start_s": cold, "slider_to_figure_median_ms": statistics.median(times), "moves": moves}
 
 
-def model_latency(n: int = 500) -> dict:
-    """Mean batch-1 latency of the real dynamic path on test images, per threshold."""
+def model_latency(name: str, thresholds: set[float], point: float, static: float, n: int = 500) -> dict:
+    """Mean batch-1 latency of the real dynamic path on test images, per threshold, and the
+    ratio at ``point`` to the ``static`` setting."""
     if resolve_source() is None:
         return {"skipped": "set DYNN_CIFAR10 for the latency figures"}
     torch.set_grad_enabled(False)
-    model = models.get("early_exit")
-    table = json.loads((EVAL_DIR / "early_exit.json").read_text())
-    half = table["summary"]["best_at_half_flops"]
+    model = models.get(name)
     split = load_split("test").head(n)
     x = to_tensor(split.images, model.mean, model.std)
+    thresholds = sorted(thresholds | {point, static})
     for i in range(20):  # warm-up
-        model.trace(x[i : i + 1], threshold=0.5)
-    thresholds = sorted({0.5, 0.8, 0.9, 0.95, 0.99, half["threshold"], table["default_knobs"]["threshold"], 1.0})
+        model.trace(x[i : i + 1], threshold=point)
     # interleaved (every threshold on an image before the next image) so that drift in the
     # machine's speed hits every threshold alike
     traces: dict[float, list] = {t: [] for t in thresholds}
@@ -96,21 +97,38 @@ def model_latency(n: int = 500) -> dict:
         }
         for t, runs in traces.items()
     ]
-    full = next(r for r in rows if r["threshold"] == 1.0)
-    at_half = next(r for r in rows if r["threshold"] == half["threshold"])
+    by_value = {r["threshold"]: r for r in rows}
     return {
         "images": n,
         "threads": torch.get_num_threads(),
         "per_threshold": rows,
-        "half_flops_threshold": half["threshold"],
-        "latency_ratio_at_half_flops": at_half["mean_latency_ms"] / full["mean_latency_ms"],
+        "point_threshold": point,
+        "latency_ratio_at_point": by_value[point]["mean_latency_ms"] / by_value[static]["mean_latency_ms"],
     }
+
+
+def early_exit_latency() -> dict:
+    table = json.loads((EVAL_DIR / "early_exit.json").read_text())
+    half = table["summary"]["best_at_half_flops"]["threshold"]
+    default = table["default_knobs"]["threshold"]
+    return model_latency("early_exit", {0.5, 0.8, 0.9, 0.95, 0.99, default}, half, 1.0)
+
+
+def block_skip_latency() -> dict:
+    default = json.loads((EVAL_DIR / "block_skip.json").read_text())["default_knobs"]["threshold"]
+    return model_latency("block_skip", {0.25, 0.5, 0.75, 0.9}, default, 0.0)
 
 
 def main() -> None:
     results = {
-        "model_latency": model_latency(),
-        "server_side_threshold_change": server_side_threshold_ms(),
+        "early_exit_latency": early_exit_latency(),
+        "block_skip_latency": block_skip_latency(),
+        "server_side_threshold_change": server_side_threshold_ms(
+            "views/early_exits.py", "Confidence threshold", np.round(np.linspace(0.5, 0.99, 20), 2)
+        ),
+        "server_side_gate_threshold_change": server_side_threshold_ms(
+            "views/block_skip.py", "Gate threshold", np.round(np.linspace(0.05, 1.0, 20), 2)
+        ),
         "browser": browser_figures(),
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """End to end in Chromium (Playwright driving Debian's /usr/bin/chromium) against
-``streamlit run``: open the early-exit page, upload a photo, move the threshold, see the
-compute figure change. Widgets are found by ``data-testid`` and the test waits on the page's
+``streamlit run``: on the early-exit and block-skipping pages, upload a photo, move the
+threshold, see the compute figure change. Widgets are found by ``data-testid`` and the test waits on the page's
 state, never on a fixed sleep."""
 
 from __future__ import annotations
@@ -29,9 +29,23 @@ def browser(chromium):
         yield b
 
 
-def test_upload_move_threshold_see_compute_change(app_url, browser, photos):
+def wait_for_metric_change(page, label: str, before: str) -> str:
+    page.wait_for_function(
+        "([label, before]) => [...document.querySelectorAll('[data-testid=\"stMetric\"]')]"
+        ".some(m => m.innerText.includes(label) && !m.innerText.includes(before))",
+        arg=[label, before],
+        timeout=60_000,
+    )
+    wait_idle(page)
+    return metric_value(page, label)
+
+
+@pytest.mark.parametrize(
+    ("path", "slider"), [("early_exits", "Confidence threshold"), ("block_skip", "Gate threshold")]
+)
+def test_upload_move_threshold_see_compute_change(app_url, browser, photos, path, slider):
     page = browser.new_page(viewport={"width": 1400, "height": 1800})
-    page.goto(f"{app_url}/early_exits")
+    page.goto(f"{app_url}/{path}")
     wait_idle(page)
     page.locator('[data-testid="stSidebar"]').get_by_text("Upload", exact=True).click()
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(photos[0]))
@@ -40,18 +54,13 @@ def test_upload_move_threshold_see_compute_change(app_url, browser, photos):
     page.locator('[data-testid="stMetricValue"]').first.wait_for(timeout=60_000)
     before = metric_value(page, "Compute")
 
-    threshold_slider(page).focus()
-    page.keyboard.press("End")  # to 1.0, the static network: its cost differs from any dynamic one
-    page.wait_for_function(
-        "([label, before]) => [...document.querySelectorAll('[data-testid=\"stMetric\"]')]"
-        ".some(m => m.innerText.includes(label) && !m.innerText.includes(before))",
-        arg=["Compute", before],
-        timeout=60_000,
-    )
-    wait_idle(page)
-    after = metric_value(page, "Compute")
+    threshold_slider(page, slider).focus()
+    # to the end of the range: 1.0 is the static network for early exits, and the strictest
+    # gates for block skipping; either way the cost differs from the default setting's
+    page.keyboard.press("End")
+    after = wait_for_metric_change(page, "Compute", before)
     assert after != before and re.fullmatch(r"[\d.]+ MFLOPs", after)
     assert page.locator('[data-testid="stException"]').count() == 0
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "early_exits.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"{path}.png"), full_page=True)
     page.close()

@@ -1,0 +1,156 @@
+"""Block skipping: which residual blocks this image ran, which it skipped, and what it saved."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+import torch
+
+from app import state
+from app.common import (
+    checked_table,
+    model_input,
+    nearest_point,
+    path_latency,
+    render_explanation,
+    render_page_header,
+    render_prediction,
+    render_seen_image,
+    render_table_header,
+)
+from app.inputs import test_split
+from app.models_cache import load_model
+from components.figures import (
+    block_label,
+    make_accuracy_curve,
+    make_block_path,
+    make_blocks_histogram,
+    make_class_block_heatmap,
+)
+from components.render import render_cost_metrics, render_knobs
+from models.core import Trace
+from models.data import resolve_source
+
+MODEL = "block_skip"
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def gated_trace(name: str, key: str, threshold: float, _x: torch.Tensor) -> Trace:
+    """One real batch-1 dynamic forward pass per image and threshold."""
+    return load_model(name).trace(_x, threshold=threshold)
+
+
+def latency_of(trace: Trace, key: str, x: torch.Tensor) -> float:
+    """Latency of the real batch-1 run, measured once per path (blocks run, gates on)."""
+    gates_on = any(p is not None for p in trace.extras["gate_probs"])
+    return path_latency(trace.model, key, (tuple(trace.extras["executed"]), gates_on), x, trace.knobs)[1]
+
+
+def render_test_images(title: str, rows: list[dict[str, Any]], classes: tuple[str, ...]) -> None:
+    st.markdown(f"**{title}**")
+    source = resolve_source()
+    images = test_split(str(source)).images if source is not None and source.exists() else None
+    cols = st.columns(len(rows))
+    for col, row in zip(cols, rows, strict=True):
+        verdict = "right" if row["correct"] else "wrong"
+        caption = f"#{row['index']} {classes[row['label']]}, {row['mflops']:.0f} MFLOPs, {verdict}"
+        if images is None:
+            col.caption(caption)
+        else:
+            col.image(images[row["index"]], caption=caption, width="stretch")
+    if images is None:
+        st.caption("Set `DYNN_CIFAR10` to see these test images (pick them by number in the sidebar).")
+
+
+def render_dataset_panel(table: dict[str, Any], threshold: float, classes: tuple[str, ...], per_stage: int) -> None:
+    point = nearest_point(table["points"], threshold)
+    full = table["full"]
+    render_table_header(MODEL, table, point, full_name="every block", full_title="Every block on")
+    left, right = st.columns(2)
+    with left:
+        curve = {"gated": {"points": table["points"][1:], "static": [{**full, "label": "every block"}]}}
+        fig = make_accuracy_curve(curve, current={"gated": (point["mflops"], point["accuracy"])})
+        st.plotly_chart(fig, key="bs_curve")
+        st.caption("Line: the gates over the threshold sweep. Square: every block on (the static network).")
+    with right:
+        st.plotly_chart(make_blocks_histogram(point), key="bs_hist")
+        st.caption(f"How many of the {len(point['block_rate'])} gated blocks the test images ran at this threshold.")
+    st.plotly_chart(make_class_block_heatmap(point, classes, per_stage), key="bs_heatmap")
+    st.caption("Which blocks each class relies on: the share of its test images that ran each block (ConvNet-AIG).")
+    render_test_images("Cheapest paths at this threshold", point["cheapest"], classes)
+    render_test_images("Most expensive paths at this threshold", point["dearest"], classes)
+
+
+EXPLANATION = """
+A **gated residual network** puts a small **gate** in front of every residual block. The gate
+looks at the block's input (global average pooling and two small linear layers, as in
+ConvNet-AIG) and gives the probability that the block is needed. If the probability reaches
+the **threshold**, the block runs; if not, the block is **not computed** and its input passes
+on unchanged through the identity shortcut. Different images take different paths.
+
+Threshold 0 runs every block and evaluates no gate: the static network. The layers that change
+resolution (stem, two downsampling convolutions, head) always run. Compute counts what ran,
+gates included.
+
+The gates were trained with Gumbel-sigmoid samples and straight-through hard decisions, with a
+loss that pulls each block's execution rate towards a target (ConvNet-AIG). The backbone began
+as the early-exit model's, as SkipNet and BlockDrop begin from a trained ResNet.
+"""
+
+
+@st.fragment
+def render_gated_run(picked: Any, x: torch.Tensor) -> None:
+    """Everything the threshold changes: reruns alone when the slider moves (a forward pass)."""
+    model = load_model(MODEL)
+    classes = model.card.classes
+    defaults = {k.key: model.default_knob(k) for k in model.knobs}
+    top_left, top_right = st.columns([1, 2], gap="large")
+    with top_right:
+        all_on = st.toggle("Force every block on", key=state.knob_key(MODEL, "all_on"),
+                           help="Run the static network (threshold 0, no gate evaluated) to compare.")  # fmt: skip
+        knobs = render_knobs(model.knobs, defaults, key_of=lambda key: state.knob_key(MODEL, key), disabled=all_on)
+    if all_on:
+        knobs = dict(model.static_knobs)
+    trace = gated_trace(MODEL, picked.key, knobs["threshold"], x)
+    static = gated_trace(MODEL, picked.key, model.static_knobs["threshold"], x)
+    executed = trace.extras["executed"]
+    with top_left:
+        render_seen_image(picked, model.input_size)
+    with top_right:
+        render_prediction(trace, picked, classes, ("Blocks run", f"{sum(executed)} of {len(executed)}"))
+        render_cost_metrics(
+            trace, latency_ms=latency_of(trace, picked.key, x), full_latency_ms=latency_of(static, picked.key, x)
+        )
+        if trace.prediction != static.prediction:
+            st.caption(f"With every block on, the network would say **{classes[static.prediction]}**.")
+    st.plotly_chart(make_block_path(trace), key="bs_path")
+    per_stage = trace.extras["blocks_per_stage"]
+    st.caption(
+        "Stem, downsampling layers and head (dark) always run. Blocks that ran are coloured by their gate's "
+        "probability; grey blocks were skipped, and the path passes under them through the identity shortcut."
+    )
+    table = checked_table(MODEL)
+    if table is not None:
+        render_dataset_panel(table, knobs["threshold"], classes, per_stage)
+    with st.expander("Per-block record of this run"):
+        rows = [
+            {"block": block_label(int(u.name[5:]), per_stage), "gate probability": u.score, "ran": u.executed,
+             "MFLOPs": round(u.flops / 1e6, 2), "static MFLOPs": round(u.full_flops / 1e6, 2)}
+            for u in trace.units if u.kind == "block"
+        ]  # fmt: skip
+        st.dataframe(rows, hide_index=True, width="stretch")
+
+
+def main() -> None:
+    model = load_model(MODEL)
+    picked = render_page_header(
+        "Block skipping", "Computation-graph-adaptive: a gate in front of every residual block decides whether it runs."
+    )
+    if picked is None:
+        return
+    render_gated_run(picked, model_input(MODEL, picked.key, picked.image))
+    render_explanation("How block skipping works", EXPLANATION, model.papers)
+
+
+main()
