@@ -8,9 +8,9 @@ load loss of Shazeer et al. (ICLR 2017, arXiv:1701.06538); EViT (Liang et al., I
 arXiv:2202.07800); ToMe (Bolya et al., ICLR 2023, arXiv:2210.09461, following
 facebookresearch/ToMe's ``bipartite_soft_matching``).
 
-The network: two stride-2 3x3 conv-BN-ReLU layers (32x32 -> 8x8) and a 1x1 convolution to 192
+The network: two stride-2 3x3 conv-BN-ReLU layers (32x32 -> 8x8) and a 1x1 convolution to 128
 channels make 64 patch tokens; a class token and a learned position embedding join
-them; six pre-norm transformer blocks (3 heads, explicit matmul attention so that
+them; six pre-norm transformer blocks (4 heads of 32, explicit matmul attention so that
 FlopCounterMode counts it) follow, and a linear head reads the class token. The MLPs of blocks
 2 and 4 are mixtures of 4 experts (V-MoE): a linear router, softmax, top-k, and per expert a
 buffer of ``ceil(C * k * N / E)`` tokens per image (N tokens, capacity factor C). Tokens are
@@ -587,7 +587,8 @@ class TokenExpertViT(DynamicModel):
     knobs = (
         Knob(
             "mode", "Token reduction", 0, 0, 0, "prune",
-            "What blocks 1-3 do with their tokens after attention: keep all, prune, or merge.",
+            f"What blocks {REDUCE_AT[0] + 1}-{REDUCE_AT[-1] + 1} do with their tokens after attention: keep all, "
+            "prune, or merge.",
             options=MODES, option_labels=MODE_LABELS,
         ),
         Knob(
@@ -600,7 +601,7 @@ class TokenExpertViT(DynamicModel):
         ),
         Knob(
             "top_k", "Experts per token (k)", 1, NUM_EXPERTS, 1, STATIC_TOP_K,
-            "How many of the experts each token is sent to in blocks 2 and 4.",
+            f"How many of the experts each token is sent to in blocks {MOE_AT[0] + 1} and {MOE_AT[1] + 1}.",
         ),
         Knob(
             "capacity", "Capacity factor C", 0.25, NO_DROP_CAPACITY, 0.25, NO_DROP_CAPACITY,
@@ -615,7 +616,7 @@ class TokenExpertViT(DynamicModel):
     cost_direction = 1
 
     def __init__(
-        self, *, num_classes: int = 10, dim: int = 192, depth: int = 6, heads: int = 3, mlp_ratio: int = 4
+        self, *, num_classes: int = 10, dim: int = 128, depth: int = 6, heads: int = 4, mlp_ratio: int = 4
     ) -> None:
         super().__init__()
         self.stem = ConvStem(dim)
@@ -891,9 +892,11 @@ def sweep_policies(model: TokenExpertViT, outputs: dict[str, torch.Tensor], labe
         The eval table: ``points`` is the pruning curve (the cost knob, ``keep_ratio``);
         ``curves`` holds it with the merging curve (``merge_r``) and the experts' ``top_k``
         and ``capacity`` curves, each point with accuracy, mean MFLOPs, tokens per block,
-        the share of expert choices dropped and each MoE layer's load per expert.
+        the share of expert choices dropped, each MoE layer's load per expert, and that load
+        per true class.
     """
     correct = outputs["probs"].argmax(-1) == labels[:, None]  # (N, S)
+    num_classes = outputs["probs"].shape[-1]
 
     def point(value: float, policy: Policy) -> dict[str, Any]:
         s = SWEEP_POLICIES.index(policy)
@@ -905,6 +908,7 @@ def sweep_policies(model: TokenExpertViT, outputs: dict[str, torch.Tensor], labe
             "tokens": [list(t) for t in token_counts(policy, len(model.blocks))],
             "dropped_share": (outputs["dropped"][:, s].sum() / outputs["choices"][:, s].sum()).item(),
             "expert_share": (load / load.sum(1, keepdim=True).clamp(min=1)).tolist(),
+            "class_expert_share": class_share(outputs["expert_load"][:, s], labels, num_classes).tolist(),
         }
 
     curves: dict[str, dict[str, Any]] = {}
@@ -912,6 +916,13 @@ def sweep_policies(model: TokenExpertViT, outputs: dict[str, torch.Tensor], labe
         curves.setdefault(curve, {"knob": knob, "points": []})["points"].append(point(value, policy))
     full = {"accuracy": point(0.0, STATIC)["accuracy"], "mflops": model.full_flops / 1e6}
     return {"knob": "keep_ratio", "mode": "prune", "points": curves["prune"]["points"], "curves": curves, "full": full}
+
+
+def class_share(load: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(C, L, E)``: of the expert choices served to the tokens of class c's images in MoE
+    layer l, the share expert e took. ``load``: ``(N, L, E)`` per image."""
+    total = torch.zeros(num_classes, *load.shape[1:], dtype=torch.float64).index_add_(0, labels, load.double())
+    return total / total.sum(-1, keepdim=True).clamp(min=1)
 
 
 def _at_saving(points: list[dict[str, Any]], full: dict[str, Any], saving: float) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ from models.vit import (
     TokenExpertViT,
     Tokens,
     balance_loss,
+    class_share,
     expert_capacity,
     kept_count,
     merge_tokens,
@@ -211,7 +212,7 @@ def test_overflow_tokens_are_dropped_and_skip_the_mlp(one_expert):
     assert record["demand"] == [65, 0, 0, 0] and record["load"] == [17, 0, 0, 0]
     assert record["dropped_tokens"] == 48 and record["capacity"] == 17
     assert counted == trace.flops
-    x = torch.randn(1, 65, 192)
+    x = torch.randn(1, 65, moe.norm.normalized_shape[0])
     with torch.no_grad():
         out, routing = moe(x, top_k=1, capacity=1.0)
     dropped = routing.experts[0, :, 0] < 0
@@ -243,13 +244,14 @@ def test_balance_loss_is_zero_for_uniform_routing_and_positive_otherwise():
 @pytest.mark.parametrize("n", [65, 30, 7])
 def test_attention_flops_are_counted_and_not_zero(model, n):
     attn = model.blocks[0].attn
-    x = torch.randn(1, n, 192)
+    dim = attn.proj.in_features
+    x = torch.randn(1, n, dim)
     with torch.no_grad():
         _, total = count_flops(attn, x)
         _, qkv = count_flops(attn.qkv, x)
         _, proj = count_flops(attn.proj, x)
     assert total == attn.flops(n)
-    assert total - qkv - proj == 4 * n * n * 192 > 0  # QK^T and AV
+    assert total - qkv - proj == 4 * n * n * dim > 0  # QK^T and AV
 
 
 @pytest.mark.parametrize(
@@ -331,3 +333,12 @@ def test_training_loss_reaches_the_router(model):
     loss.backward()
     assert math.isfinite(logs["balance"]) and math.isfinite(logs["ce"])
     assert all(b.ffn.router.weight.grad.abs().sum() > 0 for b in m.blocks if b.moe)
+
+
+def test_class_share_splits_each_class_served_choices_over_its_experts():
+    load = torch.tensor([[[3, 1, 0, 0]], [[1, 1, 1, 1]], [[0, 0, 0, 8]]])  # (N=3, L=1, E=4)
+    share = class_share(load, torch.tensor([0, 0, 2]), num_classes=3)
+    assert share.shape == (3, 1, 4)
+    assert torch.allclose(share[0, 0], torch.tensor([4, 2, 1, 1], dtype=torch.float64) / 8)
+    assert share[1].sum() == 0  # no image of class 1
+    assert torch.equal(share[2, 0], torch.tensor([0, 0, 0, 1.0], dtype=torch.float64))
