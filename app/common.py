@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import streamlit as st
@@ -86,15 +86,16 @@ def render_page_header(title: str, caption: str) -> InputImage | None:
 
 
 def render_table_header(
-    name: str, table: dict[str, Any], point: dict[str, Any], *, full_name: str, full_title: str
+    name: str, table: dict[str, Any], point: dict[str, Any], *, full_name: str, full_title: str, knob: str = "threshold"
 ) -> None:
     """The test-set panel's heading and its three numbers: accuracy and mean compute at the
-    current setting, and the static network (``full_name`` in the delta, ``full_title`` as label)."""
+    current setting of ``knob``, and the static network (``full_name`` in the delta,
+    ``full_title`` as label)."""
     full = table["full"]
     st.subheader(f"On the CIFAR-10 test set ({table['n']:,} images)")
     st.caption(f"From `assets/eval/{name}.json`, written by `python -m models.evaluate --model {name} --write`.")
     a, b, c = st.columns(3)
-    a.metric("Test accuracy at this threshold", f"{100 * point['accuracy']:.2f}%",
+    a.metric(f"Test accuracy at this {knob}", f"{100 * point['accuracy']:.2f}%",
              f"{100 * (point['accuracy'] - full['accuracy']):+.2f} pts vs {full_name}", delta_color="normal")  # fmt: skip
     b.metric("Mean compute", f"{point['mflops']:.1f} MFLOPs", f"{100 * point['mflops'] / full['mflops']:.0f}% of full",
              delta_color="off", delta_arrow="off")  # fmt: skip
@@ -106,3 +107,22 @@ def render_explanation(title: str, text: str, papers: tuple[str, ...]) -> None:
     with st.expander(title, expanded=False):
         st.markdown(text)
         st.markdown("\n".join(f"- {paper}" for paper in papers))
+
+
+def render_model_page(
+    name: str,
+    title: str,
+    caption: str,
+    run: Callable[[InputImage, torch.Tensor], None],
+    explanation: tuple[str, str],
+    extra_papers: tuple[str, ...] = (),
+) -> None:
+    """A page whose knobs need a forward pass: header, then ``run`` (an ``st.fragment`` that
+    reruns alone when its knobs move) on the chosen image, then the explanation (title, text)
+    with the model's papers."""
+    model = load_model(name)
+    picked = render_page_header(title, caption)
+    if picked is None:
+        return
+    run(picked, model_input(name, picked.key, picked.image))
+    render_explanation(*explanation, (*model.papers, *extra_papers))

@@ -15,7 +15,9 @@ PAGES = {
     "Output-adaptive": [st.Page("views/early_exits.py", title="Early exits", icon=":material/logout:")],
     "Computation-graph-adaptive": [
         st.Page("views/block_skip.py", title="Block skipping", icon=":material/alt_route:"),
+        st.Page("views/experts.py", title="Experts", icon=":material/call_split:"),
     ],
+    "Input-adaptive": [st.Page("views/tokens.py", title="Tokens", icon=":material/grid_view:")],
 }
 
 page = st.navigation(PAGES)

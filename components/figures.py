@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from components.overlays import group_colour
 from models.core import Trace
 
 RAN = "#1f77b4"
@@ -124,7 +125,8 @@ def make_accuracy_curve(
 
     Args:
         curves: name -> ``{"points": [{"mflops", "accuracy", "value"}], "static": [{"mflops",
-            "accuracy", "label"}]}``; the dynamic policy as a line, static settings as markers.
+            "accuracy", "label"}], "value_label": knob name in the hover (default "threshold")}``;
+            the dynamic policy as a line, static settings as markers.
         current: name -> (mflops, accuracy) of the operating point on screen.
     """
     fig = go.Figure()
@@ -134,7 +136,8 @@ def make_accuracy_curve(
             go.Scatter(
                 x=[p["mflops"] for p in pts], y=[100 * p["accuracy"] for p in pts], mode="lines", name=name,
                 customdata=[p["value"] for p in pts],
-                hovertemplate="threshold %{customdata:.2f}<br>%{x:.1f} MFLOPs, %{y:.2f}%<extra>" + name + "</extra>",
+                hovertemplate=curve.get("value_label", "threshold") + " %{customdata:.2f}<br>%{x:.1f} MFLOPs, "
+                "%{y:.2f}%<extra>" + name + "</extra>",
             )
         )  # fmt: skip
         static = curve.get("static", [])
@@ -275,3 +278,115 @@ def make_class_block_heatmap(point: dict[str, Any], classes: Sequence[str], per_
     )  # fmt: skip
     fig.update_yaxes(autorange="reversed")
     return _layout(fig, height=360)
+
+
+# --- transformer: tokens and experts ------------------------------------------------------------
+
+
+def vit_block_label(i: int) -> str:
+    """``block 3``: transformer blocks counted from 1 on screen (``block2.*`` in unit names)."""
+    return f"block {i + 1}"
+
+
+def make_token_counts(traces: dict[str, Trace]) -> go.Figure:
+    """Tokens (class token included) each block's attention ran on, one line per trace (the
+    static network keeps every token in every block)."""
+    fig = go.Figure()
+    colours = (STATIC, RAN, EXIT, FIRED)
+    for (name, trace), colour in zip(traces.items(), colours, strict=False):
+        counts = trace.extras["tokens_attn"]
+        fig.add_trace(
+            go.Scatter(
+                x=[vit_block_label(i) for i in range(len(counts))], y=counts, mode="lines+markers+text", name=name,
+                text=counts, textposition="top center", line={"color": colour},
+                hovertemplate="%{x}: %{y} tokens<extra>" + name + "</extra>",
+            )
+        )  # fmt: skip
+    fig.update_yaxes(title="tokens into attention", rangemode="tozero")
+    return _layout(fig, height=300, showlegend=True, legend={"orientation": "h", "y": -0.2})
+
+
+def make_patch_heatmap(values: np.ndarray, *, title: str, label: str, zmax: float | None = None) -> go.Figure:
+    """An ``(8, 8)`` per-patch quantity (class-token attention, router confidence) on the grid,
+    the image's top row at the top."""
+    fig = go.Figure(
+        go.Heatmap(
+            z=values, colorscale="Viridis", zmin=0, zmax=zmax, colorbar={"title": label, "thickness": 12},
+            hovertemplate="patch row %{y}, column %{x}: %{z:.3f}<extra></extra>",
+        )
+    )  # fmt: skip
+    fig.update_yaxes(autorange="reversed", visible=False, scaleanchor="x")
+    fig.update_xaxes(visible=False)
+    return _layout(fig, height=260, title=title)
+
+
+def make_expert_load(record: dict[str, Any]) -> go.Figure:
+    """One MoE layer on this image: tokens that chose each expert (demand), tokens it served
+    (load), and its capacity (the buffer size; the rest is dropped)."""
+    experts = [f"expert {e + 1}" for e in range(len(record["load"]))]
+    fig = go.Figure()
+    fig.add_bar(x=experts, y=record["demand"], name="chosen by", marker_color=SKIPPED,
+                hovertemplate="%{x}: chosen by %{y} tokens<extra></extra>")  # fmt: skip
+    colours = [f"rgb{group_colour(e)}" for e in range(len(experts))]  # the expert maps' colours
+    fig.add_bar(x=experts, y=record["load"], name="served", marker_color=colours,
+                hovertemplate="%{x}: served %{y} tokens<extra></extra>")  # fmt: skip
+    if record["capacity"] < record["tokens"]:
+        fig.add_hline(y=record["capacity"], line={"color": FIRED, "dash": "dash"},
+                      annotation_text=f"capacity {record['capacity']}", annotation_position="top left")  # fmt: skip
+    fig.update_yaxes(title="tokens", rangemode="tozero")
+    return _layout(fig, height=280, showlegend=True, barmode="overlay", legend={"orientation": "h", "y": -0.2})
+
+
+def make_expert_share(shares: Sequence[Sequence[float]], layers: Sequence[str]) -> go.Figure:
+    """Share of served expert choices each expert took on the test set, per MoE layer."""
+    fig = go.Figure()
+    for layer, share in zip(layers, shares, strict=True):
+        fig.add_bar(x=[f"expert {e + 1}" for e in range(len(share))], y=[100 * s for s in share], name=layer,
+                    hovertemplate="%{x}: %{y:.1f}% of choices<extra>" + layer + "</extra>")  # fmt: skip
+    fig.add_hline(y=100 / len(shares[0]), line={"color": STATIC, "dash": "dot"}, annotation_text="balanced")
+    fig.update_yaxes(title="% of served choices", rangemode="tozero")
+    return _layout(fig, height=280, showlegend=True, legend={"orientation": "h", "y": -0.2})
+
+
+def make_class_expert_heatmap(share: np.ndarray, classes: Sequence[str], layer: str) -> go.Figure:
+    """Rows: true class; columns: expert; cell: share of that class's served choices in one
+    MoE layer.
+
+    Args:
+        share: ``(C, E)``, one layer of the eval table's ``class_expert_share``.
+    """
+    z = 100 * np.asarray(share)
+    fig = go.Figure(
+        go.Heatmap(
+            z=z, x=[f"expert {e + 1}" for e in range(z.shape[1])], y=list(classes), colorscale="Blues", zmin=0,
+            zmax=100, text=np.round(z).astype(int), texttemplate="%{text}", colorbar={"title": "%"},
+            hovertemplate="%{y}: %{z:.1f}% of choices go to %{x}<extra></extra>",
+        )
+    )  # fmt: skip
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, height=360, title=layer)
+
+
+def make_knob_sweep(
+    points: Sequence[dict[str, Any]], *, knob_label: str, bar_key: str, bar_label: str, current: float
+) -> go.Figure:
+    """One knob's sweep from an eval table: a bar per value (``bar_key``: MFLOPs, or the
+    share of choices dropped) and test accuracy as a line on the right axis; the current value
+    outlined."""
+    values = [p["value"] for p in points]
+    bars = [p[bar_key] * (100 if bar_key.endswith("share") else 1) for p in points]
+    now = min(range(len(values)), key=lambda i: abs(values[i] - current))
+    fig = go.Figure()
+    fig.add_bar(x=[f"{v:g}" for v in values], y=bars, name=bar_label,
+                marker={"color": [FIRED if i == now else RAN for i in range(len(values))]},
+                hovertemplate=f"{knob_label} %{{x}}: %{{y:.1f}}<extra>{bar_label}</extra>")  # fmt: skip
+    fig.add_trace(
+        go.Scatter(x=[f"{v:g}" for v in values], y=[100 * p["accuracy"] for p in points], yaxis="y2", name="test accuracy (%)",
+                   mode="lines+markers", line={"color": EXIT}, hovertemplate="%{y:.2f}%<extra>test accuracy</extra>")
+    )  # fmt: skip
+    fig.update_xaxes(title=knob_label, type="category")
+    fig.update_yaxes(title=bar_label, rangemode="tozero")
+    return _layout(
+        fig, height=300, showlegend=True, legend={"orientation": "h", "y": -0.3},
+        yaxis2={"title": "test accuracy (%)", "overlaying": "y", "side": "right", "showgrid": False},
+    )  # fmt: skip

@@ -10,11 +10,9 @@ import torch
 from app import state
 from app.common import (
     checked_table,
-    model_input,
     nearest_point,
     path_latency,
-    render_explanation,
-    render_page_header,
+    render_model_page,
     render_prediction,
     render_seen_image,
     render_table_header,
@@ -142,15 +140,7 @@ def render_gated_run(picked: Any, x: torch.Tensor) -> None:
         st.dataframe(rows, hide_index=True, width="stretch")
 
 
-def main() -> None:
-    model = load_model(MODEL)
-    picked = render_page_header(
-        "Block skipping", "Computation-graph-adaptive: a gate in front of every residual block decides whether it runs."
-    )
-    if picked is None:
-        return
-    render_gated_run(picked, model_input(MODEL, picked.key, picked.image))
-    render_explanation("How block skipping works", EXPLANATION, model.papers)
-
-
-main()
+render_model_page(
+    MODEL, "Block skipping", "Computation-graph-adaptive: a gate in front of every residual block decides whether it runs.",
+    render_gated_run, ("How block skipping works", EXPLANATION),
+)  # fmt: skip

@@ -21,7 +21,9 @@ TAXONOMY = {
         "(DynamicViT, EViT, ToMe) or compute only some pixels (SACT, DynConv).",
     ),
 }
-PAGE_OF = {"early_exit": "views/early_exits.py", "block_skip": "views/block_skip.py"}
+PAGE_OF = {"early_exit": "views/early_exits.py", "block_skip": "views/block_skip.py", "vit_tokens": "views/tokens.py"}
+# a model whose mechanisms span two families also has a page in the other one
+ALSO_IN = {"graph": [("vit_tokens", "views/experts.py", "its mixture-of-experts layers")]}
 
 st.title("DyNN Explorer")
 st.markdown(
@@ -41,7 +43,8 @@ for category, (title, text) in TAXONOMY.items():
         st.subheader(title)
         st.markdown(text)
         names = [n for n in available() if model_class(n).category == category]
-        if not names:
+        also = [entry for entry in ALSO_IN.get(category, []) if entry[0] in available()]
+        if not names and not also:
             st.caption("No model of this family in the app yet.")
         for name in names:
             model = model_class(name)()  # architecture and card only: no weights needed here
@@ -53,3 +56,5 @@ for category, (title, text) in TAXONOMY.items():
                 st.page_link(PAGE_OF[name], label=summary, icon=":material/arrow_forward:")
             else:
                 st.markdown(f"- {summary}")
+        for name, page, what in also:
+            st.page_link(page, label=f"{model_class(name).title}: {what}", icon=":material/arrow_forward:")

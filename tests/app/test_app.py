@@ -12,6 +12,8 @@ from tests.conftest import ROOT
 MAIN = str(ROOT / "app" / "main.py")
 EARLY_EXITS = "views/early_exits.py"
 BLOCK_SKIP = "views/block_skip.py"
+TOKENS = "views/tokens.py"
+EXPERTS = "views/experts.py"
 
 
 def open_page(page: str | None = None) -> AppTest:
@@ -138,3 +140,48 @@ def test_block_skip_page_takes_an_upload(photos):
     at = open_page(BLOCK_SKIP)
     upload(at, photos[2].name, photos[2].read_bytes(), "image/jpeg")
     assert not at.exception and metric(at, "Blocks run")
+
+
+def test_tokens_page_renders_with_maps_comparison_and_test_set_panel():
+    at = open_page(TOKENS)
+    assert at.title[0].value == "Tokens"
+    assert metric(at, "Compute").endswith("MFLOPs") and metric(at, "Latency").endswith("ms")
+    assert "test set" in " ".join(s.value for s in at.subheader)
+    assert any(s.value == "Prune vs merge at the same budget" for s in at.subheader)
+    assert not at.error and not at.warning
+
+
+def test_token_modes_and_keep_ratio_change_the_tokens_and_the_compute():
+    at = open_page(TOKENS)
+    mode = at.selectbox(key="knob:vit_tokens:mode")
+    mode.set_value("none").run()
+    static_tokens, full = metric(at, "Tokens in the last block"), float(metric(at, "Compute").split()[0])
+    assert static_tokens.split(" of ")[0] == static_tokens.split(" of ")[1]  # every token kept
+    assert slider(at, "Keep ratio (prune)").disabled and slider(at, "Tokens merged per layer (merge)").disabled
+    at.selectbox(key="knob:vit_tokens:mode").set_value("prune").run()
+    slider(at, "Keep ratio (prune)").set_value(0.3).run()
+    pruned = float(metric(at, "Compute").split()[0])
+    assert pruned < full and metric(at, "Tokens in the last block") != static_tokens
+    at.selectbox(key="knob:vit_tokens:mode").set_value("merge").run()
+    slider(at, "Tokens merged per layer (merge)").set_value(16).run()
+    assert not at.exception and float(metric(at, "Compute").split()[0]) < full
+
+
+def test_experts_page_k_and_capacity_change_compute_and_drops():
+    at = open_page(EXPERTS)
+    assert at.title[0].value == "Experts"
+    assert metric(at, "Tokens dropped").startswith("0 of")  # the default capacity never drops
+    assert "test set" in " ".join(s.value for s in at.subheader) and not at.warning
+    k2 = float(metric(at, "Compute").split()[0])
+    slider(at, "Experts per token (k)").set_value(1).run()
+    assert float(metric(at, "Compute").split()[0]) < k2
+    slider(at, "Capacity factor C").set_value(0.25).run()
+    assert not at.exception and not metric(at, "Tokens dropped").startswith("0 of")
+    assert any("reset one of the two knobs" in i.value for i in at.info)  # k=1, C=0.25 was not swept
+
+
+@pytest.mark.parametrize("page", [TOKENS, EXPERTS])
+def test_transformer_pages_take_an_upload(photos, page):
+    at = open_page(page)
+    upload(at, photos[2].name, photos[2].read_bytes(), "image/jpeg")
+    assert not at.exception and metric(at, "Prediction") and metric(at, "True label") == "unknown"

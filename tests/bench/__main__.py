@@ -1,13 +1,15 @@
 """``make bench``: performance figures of the model pages, printed as JSON and written to
 ``artifacts/bench.json``. Benchmarks report numbers; the tests assert behaviour.
 
-- threshold change, server side: one AppTest rerun after a slider move (median ms), on the
-  early-exit page (instant re-decision) and the block-skipping page (a forward pass);
+- knob change, server side: one AppTest rerun after a slider move (median ms), on the
+  early-exit page (instant re-decision) and the block-skipping, tokens and experts pages (a
+  forward pass each);
 - slider release to updated figure in Chromium (median ms);
 - cold start: ``streamlit run`` to the first rendered early-exit figure (s);
 - model latency per threshold at batch size 1 on test images, and the ratio to the static
   network at the operating point the issue names: early exits at <= 50 % of the FLOPs, block
-  skipping at its default threshold (needs ``$DYNN_CIFAR10``).
+  skipping at its default threshold, token pruning at the keep ratio saving >= 30 % of the
+  FLOPs (needs ``$DYNN_CIFAR10``).
 """
 
 from __future__ import annotations
@@ -70,64 +72,90 @@ def browser_figures(moves: int = 15) -> dict:
     return {"cold_start_s": cold, "slider_to_figure_median_ms": statistics.median(times), "moves": moves}
 
 
-def model_latency(name: str, thresholds: set[float], point: float, static: float, n: int = 500) -> dict:
-    """Mean batch-1 latency of the real dynamic path on test images, per threshold, and the
-    ratio at ``point`` to the ``static`` setting."""
+def model_latency(name: str, settings: dict[str, dict], point: str, static: str, n: int = 500) -> dict:
+    """Mean batch-1 latency of the real dynamic path on test images, per knob setting
+    (label -> knobs), and the ratio of setting ``point`` to setting ``static``."""
     if resolve_source() is None:
         return {"skipped": "set DYNN_CIFAR10 for the latency figures"}
     torch.set_grad_enabled(False)
     model = models.get(name)
     split = load_split("test").head(n)
     x = to_tensor(split.images, model.mean, model.std)
-    thresholds = sorted(thresholds | {point, static})
     for i in range(20):  # warm-up
-        model.trace(x[i : i + 1], threshold=point)
-    # interleaved (every threshold on an image before the next image) so that drift in the
-    # machine's speed hits every threshold alike
-    traces: dict[float, list] = {t: [] for t in thresholds}
+        model.trace(x[i : i + 1], **settings[point])
+    # interleaved (every setting on an image before the next image) so that drift in the
+    # machine's speed hits every setting alike
+    traces: dict[str, list] = {label: [] for label in settings}
     for i in range(n):
-        for t in thresholds:
-            traces[t].append(model.trace(x[i : i + 1], threshold=t))
-    rows = [
-        {
-            "threshold": t,
+        for label, knobs in settings.items():
+            traces[label].append(model.trace(x[i : i + 1], **knobs))
+    rows = {
+        label: {
+            "knobs": settings[label],
             "mean_latency_ms": float(np.mean([tr.latency_ms for tr in runs])),
             "mean_mflops": float(np.mean([tr.mflops for tr in runs])),
             "accuracy": float(np.mean([tr.prediction == y for tr, y in zip(runs, split.labels, strict=True)])),
         }
-        for t, runs in traces.items()
-    ]
-    by_value = {r["threshold"]: r for r in rows}
+        for label, runs in traces.items()
+    }
     return {
         "images": n,
         "threads": torch.get_num_threads(),
-        "per_threshold": rows,
-        "point_threshold": point,
-        "latency_ratio_at_point": by_value[point]["mean_latency_ms"] / by_value[static]["mean_latency_ms"],
+        "per_setting": rows,
+        "point": point,
+        "latency_ratio_at_point": rows[point]["mean_latency_ms"] / rows[static]["mean_latency_ms"],
     }
+
+
+def thresholds(values: set[float]) -> dict[str, dict]:
+    return {f"threshold={v:g}": {"threshold": v} for v in sorted(values)}
 
 
 def early_exit_latency() -> dict:
     table = json.loads((EVAL_DIR / "early_exit.json").read_text())
     half = table["summary"]["best_at_half_flops"]["threshold"]
     default = table["default_knobs"]["threshold"]
-    return model_latency("early_exit", {0.5, 0.8, 0.9, 0.95, 0.99, default}, half, 1.0)
+    settings = thresholds({0.5, 0.8, 0.9, 0.95, 0.99, default, half, 1.0})
+    return model_latency("early_exit", settings, f"threshold={half:g}", "threshold=1")
 
 
 def block_skip_latency() -> dict:
     default = json.loads((EVAL_DIR / "block_skip.json").read_text())["default_knobs"]["threshold"]
-    return model_latency("block_skip", {0.25, 0.5, 0.75, 0.9}, default, 0.0)
+    settings = thresholds({0.0, 0.25, 0.5, 0.75, 0.9, default})
+    return model_latency("block_skip", settings, f"threshold={default:g}", "threshold=0")
+
+
+def vit_latency() -> dict:
+    """Pruning at the keep ratio that saves >= 30% of the FLOPs (the issue's point), other keep
+    ratios, merging and the experts' k, against every token."""
+    table = json.loads((EVAL_DIR / "vit_tokens.json").read_text())
+    point = table["summary"]["prune_at_30pct_saving"]["value"]
+    settings: dict[str, dict] = {"none": {"mode": "none"}}
+    for keep in sorted({0.5, 0.7, 0.9, point, table["default_knobs"]["keep_ratio"]}):
+        settings[f"prune keep={keep:g}"] = {"mode": "prune", "keep_ratio": keep}
+    for r in (4, 8, 16):
+        settings[f"merge r={r}"] = {"mode": "merge", "merge_r": r}
+    for k in (1, 4):
+        settings[f"top_k={k}"] = {"mode": "none", "top_k": k}
+    return model_latency("vit_tokens", settings, f"prune keep={point:g}", "none")
 
 
 def main() -> None:
     results = {
         "early_exit_latency": early_exit_latency(),
         "block_skip_latency": block_skip_latency(),
+        "vit_latency": vit_latency(),
         "server_side_threshold_change": server_side_threshold_ms(
             "views/early_exits.py", "Confidence threshold", np.round(np.linspace(0.5, 0.99, 20), 2)
         ),
         "server_side_gate_threshold_change": server_side_threshold_ms(
             "views/block_skip.py", "Gate threshold", np.round(np.linspace(0.05, 1.0, 20), 2)
+        ),
+        "server_side_keep_ratio_change": server_side_threshold_ms(
+            "views/tokens.py", "Keep ratio (prune)", np.round(np.linspace(0.3, 1.0, 15), 2)
+        ),
+        "server_side_top_k_change": server_side_threshold_ms(
+            "views/experts.py", "Experts per token (k)", np.array([1, 2, 3, 4, 3, 2, 1, 2])
         ),
         "browser": browser_figures(),
     }

@@ -41,7 +41,13 @@ def wait_for_metric_change(page, label: str, before: str) -> str:
 
 
 @pytest.mark.parametrize(
-    ("path", "slider"), [("early_exits", "Confidence threshold"), ("block_skip", "Gate threshold")]
+    ("path", "slider"),
+    [
+        ("early_exits", "Confidence threshold"),
+        ("block_skip", "Gate threshold"),
+        ("tokens", "Keep ratio (prune)"),
+        ("experts", "Experts per token (k)"),
+    ],
 )
 def test_upload_move_threshold_see_compute_change(app_url, browser, photos, path, slider):
     page = browser.new_page(viewport={"width": 1400, "height": 1800})
@@ -55,8 +61,9 @@ def test_upload_move_threshold_see_compute_change(app_url, browser, photos, path
     before = metric_value(page, "Compute")
 
     threshold_slider(page, slider).focus()
-    # to the end of the range: 1.0 is the static network for early exits, and the strictest
-    # gates for block skipping; either way the cost differs from the default setting's
+    # to the end of the range: the static network for early exits, the strictest gates for
+    # block skipping, every token kept, every expert per token; each costs differently from
+    # the default setting
     page.keyboard.press("End")
     after = wait_for_metric_change(page, "Compute", before)
     assert after != before and re.fullmatch(r"[\d.]+ MFLOPs", after)

@@ -1,0 +1,222 @@
+"""Tokens: which patches a vision transformer keeps looking at, and which it prunes or merges."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+import torch
+from PIL import Image
+
+from app import state
+from app.common import (
+    checked_table,
+    nearest_point,
+    path_latency,
+    render_model_page,
+    render_prediction,
+    render_seen_image,
+    render_table_header,
+)
+from app.inputs import InputImage
+from app.models_cache import load_model
+from components.figures import make_accuracy_curve, make_patch_heatmap, make_token_counts, vit_block_label
+from components.images import square_thumbnail
+from components.overlays import make_patch_grid, make_pruned_map, make_token_map
+from components.render import render_cost_metrics, render_knobs
+from models.core import Trace
+
+MODEL = "vit_tokens"
+MAP_SIDE = 192  # pixels of each small map (24 per patch)
+CURVE_OF = {"prune": "prune (EViT)", "merge": "merge (ToMe)"}
+KNOB_OF = {"prune": "keep_ratio", "merge": "merge_r"}
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def token_trace(name: str, key: str, knobs: tuple[tuple[str, Any], ...], _x: torch.Tensor) -> Trace:
+    """One real batch-1 forward pass per image and token setting (experts at their defaults)."""
+    return load_model(name).trace(_x, **dict(knobs))
+
+
+def run(picked: InputImage, x: torch.Tensor, **knobs: Any) -> tuple[Trace, float]:
+    """The trace of one setting and its latency, measured once per token path."""
+    trace = token_trace(MODEL, picked.key, tuple(sorted(knobs.items())), x)
+    path = (trace.knobs["mode"], tuple(trace.extras["tokens_attn"]))
+    return trace, path_latency(MODEL, picked.key, path, x, trace.knobs)[1]
+
+
+def token_maps(trace: Trace, image: Image.Image) -> list[tuple[Image.Image, str]]:
+    """The patch grid entering the first reducing block, then after each reduction."""
+    ex, mode = trace.extras, trace.knobs["mode"]
+    first = ex["reduce_at"][0]
+    maps = [(make_patch_grid(image, ex["grid"]), f"into {vit_block_label(first)}: {ex['grid'] ** 2} patch tokens")]
+    for i in ex["reduce_at"]:
+        kept, groups, sizes = ex["kept"][i], ex["groups"][i], ex["token_sizes"][i]
+        n = ex["tokens_mlp"][i] - 1  # patch tokens (the class token is never shed)
+        if mode == "prune":
+            fused = int((~kept).any())
+            picture, what = make_pruned_map(image, kept), f"{int(kept.sum())} kept + {fused} fused"
+        else:
+            picture, what = make_token_map(image, groups, sizes), f"{n} tokens from 64 patches"
+        maps.append((picture, f"after {vit_block_label(i)}: {what}"))
+    return maps
+
+
+def render_token_maps(trace: Trace, image: Image.Image) -> None:
+    for col, (picture, caption) in zip(
+        st.columns(len(trace.extras["reduce_at"]) + 1), token_maps(trace, image), strict=True
+    ):
+        col.image(picture, caption=caption, width="stretch")
+
+
+def matched_settings(table: dict[str, Any], mode: str, value: float) -> dict[str, dict[str, Any]]:
+    """The eval-table point of this setting and the other mechanism's point closest to it in
+    mean MFLOPs: prune vs merge at the same budget."""
+    curves = table["curves"]
+    other = "merge" if mode == "prune" else "prune"
+    here = nearest_point(curves[mode]["points"], value)
+    there = min(curves[other]["points"], key=lambda p: abs(p["mflops"] - here["mflops"]))
+    return {mode: here, other: there}
+
+
+def knobs_of(mode: str, value: float) -> dict[str, Any]:
+    return {"mode": mode, KNOB_OF[mode]: value}
+
+
+def render_budget_comparison(
+    picked: InputImage, x: torch.Tensor, matched: dict[str, dict[str, Any]], image: Image.Image
+) -> dict[str, Trace]:
+    """Prune and merge side by side at (about) the same test-set mean MFLOPs on this image."""
+    st.subheader("Prune vs merge at the same budget")
+    classes = load_model(MODEL).card.classes
+    traces = {}
+    for col, mode in zip(st.columns(2, gap="large"), ("prune", "merge"), strict=True):
+        point = matched[mode]
+        trace, latency = run(picked, x, **knobs_of(mode, point["value"]))
+        traces[f"{CURVE_OF[mode]}, {point['value']:g}"] = trace
+        with col:
+            knob = "keep ratio" if mode == "prune" else "merged per layer"
+            st.markdown(f"**{CURVE_OF[mode]}**, {knob} {point['value']:g}")
+            st.image(token_maps(trace, image)[-1][0], width=MAP_SIDE)
+            st.markdown(
+                f"This image: **{classes[trace.prediction]}** ({100 * trace.confidence:.0f}%), "
+                f"{trace.mflops:.1f} MFLOPs, {latency:.1f} ms  \n"
+                f"Test set: {100 * point['accuracy']:.2f}% at {point['mflops']:.1f} mean MFLOPs"
+            )
+    st.caption(
+        "Each mechanism at the setting whose test-set mean compute is closest to the other's "
+        "(from the eval table); the map shows the tokens left after the last reducing block."
+    )
+    return traces
+
+
+def render_dataset_panel(table: dict[str, Any], matched: dict[str, dict[str, Any]], mode: str) -> None:
+    curves, full = table["curves"], table["full"]
+    point = matched.get(mode, full)  # mode "none": the static network itself
+    render_table_header(MODEL, table, point, full_name="every token", full_title="Every token", knob="setting")
+    fig = make_accuracy_curve(
+        {
+            CURVE_OF["prune"]: {"points": curves["prune"]["points"], "static": [{**full, "label": "every token"}],
+                                "value_label": "keep ratio"},
+            CURVE_OF["merge"]: {"points": curves["merge"]["points"], "value_label": "merged per layer"},
+        },
+        current={CURVE_OF[m]: (p["mflops"], p["accuracy"]) for m, p in matched.items()},
+    )  # fmt: skip
+    st.plotly_chart(fig, key="tok_curve")
+    st.caption("Each line sweeps one knob over the test set; the stars are the two settings compared above.")
+
+
+EXPLANATION = """
+A vision transformer cuts the image into **patches** (here an 8x8 grid over the 32x32 input,
+through a small convolutional stem) and turns each into a **token**; a **class token** gathers
+what the network concludes. Attention costs grow with the square of the token count, the MLPs
+linearly, so **fewer tokens means less compute** in every later layer.
+
+- **Pruning (EViT)**: after the attention of blocks 2-4, keep the patch tokens the class token
+  attended to most (the *keep ratio*) and fuse the rest into a single token, their
+  attention-weighted average, so their information is not lost entirely. DynamicViT learns a
+  small predictor for the same decision; A-ViT halts tokens adaptively per layer.
+- **Merging (ToMe)**: split the tokens into two sets, match each token to its most similar
+  partner by the attention keys, and average the *r* most similar pairs into one token. Merged
+  tokens then count as many patches in attention (proportional attention). No training needed.
+
+Shed tokens are really gone: later blocks run on the smaller set, and the FLOPs and latency
+above are of that smaller computation. Both mechanisms run on the same trained weights; the
+model was trained with random keep ratios and merge counts on half of its steps.
+"""
+EXTRA_PAPERS = (
+    "DynamicViT: Rao et al., NeurIPS 2021, arXiv:2106.02034",
+    "A-ViT: Yin et al., CVPR 2022, arXiv:2112.07658",
+)
+
+
+@st.fragment
+def render_token_run(picked: InputImage, x: torch.Tensor) -> None:
+    """Everything the token knobs change (each setting needs a forward pass)."""
+    model = load_model(MODEL)
+    classes = model.card.classes
+    knob = {k.key: k for k in model.knobs}
+    defaults = {k.key: model.default_knob(k) for k in model.knobs}
+
+    def key_of(key: str) -> str:
+        return state.knob_key(MODEL, key)
+
+    top_left, top_right = st.columns([1, 2], gap="large")
+    with top_right:
+        mode = render_knobs((knob["mode"],), defaults, key_of=key_of)["mode"]
+        cols = st.columns(2)
+        with cols[0]:
+            keep = render_knobs((knob["keep_ratio"],), defaults, key_of=key_of, disabled=mode != "prune")["keep_ratio"]
+        with cols[1]:
+            merge_r = render_knobs((knob["merge_r"],), defaults, key_of=key_of, disabled=mode != "merge")["merge_r"]
+    trace, latency = run(picked, x, mode=mode, keep_ratio=keep, merge_r=round(merge_r))
+    static, static_latency = run(picked, x, mode="none")
+    ex = trace.extras
+    with top_left:
+        render_seen_image(picked, model.input_size)
+    with top_right:
+        last = ex["tokens_attn"][-1]
+        render_prediction(
+            trace, picked, classes, ("Tokens in the last block", f"{last} of {static.extras['tokens_attn'][-1]}")
+        )
+        render_cost_metrics(trace, latency_ms=latency, full_latency_ms=static_latency)
+        if trace.prediction != static.prediction:
+            st.caption(f"With every token, the network would say **{classes[static.prediction]}**.")
+    image = square_thumbnail(picked.image, MAP_SIDE)
+    if mode == "none":
+        st.info("Every token goes through every block: choose *prune* or *merge* to see tokens shed.")
+    else:
+        render_token_maps(trace, image)
+        how = (
+            "Dark patches were pruned: fused into one token, their attention-weighted average."
+            if mode == "prune"
+            else "Patches tinted with the same colour were merged into one token; clear patches are still tokens of their own."
+        )
+        st.caption(f"{how} Later blocks run on the tokens left after {vit_block_label(ex['reduce_at'][-1])}.")
+    with st.expander("The class token's attention, which pruning ranks patches by"):
+        cols = st.columns(len(ex["reduce_at"]))
+        for col, i in zip(cols, ex["reduce_at"], strict=True):
+            col.plotly_chart(
+                make_patch_heatmap(ex["cls_attention"][i], title=vit_block_label(i), label="attn"), key=f"tok_attn{i}"
+            )
+    table = checked_table(MODEL)
+    counts = {"every token": static, "this setting": trace}
+    if table is not None:
+        # with every token kept, compare the two mechanisms at the default pruning budget
+        base = (mode, keep if mode == "prune" else merge_r) if mode != "none" else ("prune", defaults["keep_ratio"])
+        matched = matched_settings(table, *base)
+        counts = {"every token": static, **render_budget_comparison(picked, x, matched, image)}
+    st.plotly_chart(make_token_counts(counts), key="tok_counts")
+    st.caption("Tokens (class token included) each block's attention ran on.")
+    if table is not None:
+        render_dataset_panel(table, matched, mode)
+    with st.expander("Per-unit record of this run"):
+        rows = [{"unit": u.name, "kind": u.kind, "ran": u.executed, "MFLOPs": round(u.flops / 1e6, 2),
+                 "static MFLOPs": round(u.full_flops / 1e6, 2)} for u in trace.units]  # fmt: skip
+        st.dataframe(rows, hide_index=True, width="stretch")
+
+
+render_model_page(
+    MODEL, "Tokens", "Input-adaptive: a vision transformer sheds patch tokens it does not need, by pruning or merging.",
+    render_token_run, ("How token pruning and merging work", EXPLANATION), EXTRA_PAPERS,
+)  # fmt: skip

@@ -1,0 +1,93 @@
+"""Pictures over the input image: a patch grid tinted by what the model decided per patch.
+
+Pure numpy/PIL (no Streamlit): an image and an ``(8, 8)`` decision grid in, an image out. The
+grid cells are the transformer's patch tokens, so each tint covers exactly the pixels that
+token was made of.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+GRID_LINE = (255, 255, 255)
+GONE = (60, 60, 60)  # a patch that is no longer a token of its own (pruned, or capacity-dropped)
+# Distinct, colour-blind-safe-ish hues (Okabe-Ito first, then Tableau) for experts and merge groups
+PALETTE = (
+    (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
+    (204, 121, 167), (148, 103, 189), (140, 86, 75), (188, 189, 34), (23, 190, 207), (227, 119, 194),
+)  # fmt: skip
+
+
+def group_colour(i: int) -> tuple[int, int, int]:
+    return PALETTE[i % len(PALETTE)]
+
+
+def _cells(values: np.ndarray, size: int) -> np.ndarray:
+    """``(G, G, ...)`` per patch -> ``(size, size, ...)`` per pixel (nearest)."""
+    reps = size // values.shape[0]
+    return values.repeat(reps, 0).repeat(reps, 1)
+
+
+def tint_patches(image: Image.Image, colours: np.ndarray, alpha: np.ndarray, *, lines: bool = True) -> Image.Image:
+    """Blend each patch of a square image with a colour.
+
+    Args:
+        image: square RGB image whose side is a multiple of the grid.
+        colours: ``(G, G, 3)`` uint8 colour per patch.
+        alpha: ``(G, G)`` blend weight per patch in [0, 1] (0 leaves the patch as it is).
+        lines: draw the patch grid.
+    """
+    size = image.size[0]
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    a = _cells(alpha.astype(np.float32), size)[..., None]
+    out = (1 - a) * base + a * _cells(colours.astype(np.float32), size)
+    if lines:
+        step = size // colours.shape[0]
+        out[::step, :] = GRID_LINE
+        out[:, ::step] = GRID_LINE
+        out[-1, :] = GRID_LINE
+        out[:, -1] = GRID_LINE
+    return Image.fromarray(out.round().astype(np.uint8))
+
+
+def make_patch_grid(image: Image.Image, grid: int) -> Image.Image:
+    """The image under its patch grid: every patch its own token."""
+    return tint_patches(image, np.zeros((grid, grid, 3), dtype=np.uint8), np.zeros((grid, grid)))
+
+
+def make_token_map(image: Image.Image, groups: np.ndarray, sizes: np.ndarray) -> Image.Image:
+    """Which patches are still tokens of their own after a reduction.
+
+    A patch in a token of size 1 stays as it is. Patches sharing a larger token are tinted
+    with one colour per token: a merge group (ToMe) or, when pruning, the one fused token
+    (EViT) that every pruned patch went into, drawn dark.
+
+    Args:
+        groups: ``(G, G)`` the token index of each patch.
+        sizes: ``(G, G)`` how many patches that token stands for.
+    """
+    shared = sizes > 1
+    colours = np.zeros((*groups.shape, 3), dtype=np.uint8)
+    ids = {g: k for k, g in enumerate(sorted(set(groups[shared].tolist())))}
+    for g, k in ids.items():
+        colours[groups == g] = group_colour(k)
+    alpha = np.where(shared, 0.6, 0.0)
+    return tint_patches(image, colours, alpha)
+
+
+def make_pruned_map(image: Image.Image, kept: np.ndarray) -> Image.Image:
+    """EViT's view: kept patches as they are, pruned ones (fused into one token) dark."""
+    colours = np.broadcast_to(np.array(GONE, dtype=np.uint8), (*kept.shape, 3))
+    return tint_patches(image, colours, np.where(kept, 0.0, 0.8))
+
+
+def make_expert_map(image: Image.Image, experts: np.ndarray) -> Image.Image:
+    """Each patch tinted by the expert its token went to; ``-1`` (every choice dropped by the
+    capacity limit: the token skipped the MLP) dark.
+
+    Args:
+        experts: ``(G, G)`` expert index per patch, -1 for dropped.
+    """
+    colours = np.array([group_colour(max(e, 0)) if e >= 0 else GONE for e in experts.ravel()], dtype=np.uint8)
+    return tint_patches(image, colours.reshape(*experts.shape, 3), np.where(experts >= 0, 0.55, 0.8))
