@@ -131,7 +131,7 @@ def vit_latency() -> dict:
     table = json.loads((EVAL_DIR / "vit_tokens.json").read_text())
     point = table["summary"]["prune_at_30pct_saving"]["value"]
     settings: dict[str, dict] = {"none": {"mode": "none"}}
-    for keep in sorted({0.5, 0.7, 0.9, point, table["default_knobs"]["keep_ratio"]}):
+    for keep in sorted({0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, point, table["default_knobs"]["keep_ratio"]}):
         settings[f"prune keep={keep:g}"] = {"mode": "prune", "keep_ratio": keep}
     for r in (4, 8, 16):
         settings[f"merge r={r}"] = {"mode": "merge", "merge_r": r}
