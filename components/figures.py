@@ -358,8 +358,9 @@ def make_class_expert_heatmap(share: np.ndarray, classes: Sequence[str], layer: 
     z = 100 * np.asarray(share)
     fig = go.Figure(
         go.Heatmap(
+            # scaled to the largest share (about 25% each when balanced): a 0-100 scale washes it out
             z=z, x=[f"expert {e + 1}" for e in range(z.shape[1])], y=list(classes), colorscale="Blues", zmin=0,
-            zmax=100, text=np.round(z).astype(int), texttemplate="%{text}", colorbar={"title": "%"},
+            zmax=max(float(z.max()), 1.0), text=np.round(z).astype(int), texttemplate="%{text}", colorbar={"title": "%"},
             hovertemplate="%{y}: %{z:.1f}% of choices go to %{x}<extra></extra>",
         )
     )  # fmt: skip
