@@ -29,7 +29,6 @@ from models.core import Trace
 MODEL = "vit_tokens"
 MAP_SIDE = 192  # pixels of each small map (24 per patch)
 CURVE_OF = {"prune": "prune (EViT)", "merge": "merge (ToMe)"}
-KNOB_OF = {"prune": "keep_ratio", "merge": "merge_r"}
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -38,8 +37,15 @@ def token_trace(name: str, key: str, knobs: tuple[tuple[str, Any], ...], _x: tor
     return load_model(name).trace(_x, **dict(knobs))
 
 
-def run(picked: InputImage, x: torch.Tensor, **knobs: Any) -> tuple[Trace, float]:
-    """The trace of one setting and its latency, measured once per token path."""
+def run(picked: InputImage, x: torch.Tensor, mode: str, value: float | None = None) -> tuple[Trace, float]:
+    """The trace of one token setting and its latency, measured once per token path. Only the
+    knob the mode uses goes into the cache key, so the page's own setting and the same setting
+    in the prune-vs-merge comparison share one forward pass."""
+    knobs: dict[str, Any] = {"mode": mode}
+    if mode == "prune":
+        knobs["keep_ratio"] = float(value)
+    elif mode == "merge":
+        knobs["merge_r"] = round(value)
     trace = token_trace(MODEL, picked.key, tuple(sorted(knobs.items())), x)
     path = (trace.knobs["mode"], tuple(trace.extras["tokens_attn"]))
     return trace, path_latency(MODEL, picked.key, path, x, trace.knobs)[1]
@@ -79,10 +85,6 @@ def matched_settings(table: dict[str, Any], mode: str, value: float) -> dict[str
     return {mode: here, other: there}
 
 
-def knobs_of(mode: str, value: float) -> dict[str, Any]:
-    return {"mode": mode, KNOB_OF[mode]: value}
-
-
 def render_budget_comparison(
     picked: InputImage, x: torch.Tensor, matched: dict[str, dict[str, Any]], image: Image.Image
 ) -> dict[str, Trace]:
@@ -92,7 +94,7 @@ def render_budget_comparison(
     traces = {}
     for col, mode in zip(st.columns(2, gap="large"), ("prune", "merge"), strict=True):
         point = matched[mode]
-        trace, latency = run(picked, x, **knobs_of(mode, point["value"]))
+        trace, latency = run(picked, x, mode, point["value"])
         traces[f"{CURVE_OF[mode]}, {point['value']:g}"] = trace
         with col:
             knob = "keep ratio" if mode == "prune" else "merged per layer"
@@ -169,8 +171,8 @@ def render_token_run(picked: InputImage, x: torch.Tensor) -> None:
             keep = render_knobs((knob["keep_ratio"],), defaults, key_of=key_of, disabled=mode != "prune")["keep_ratio"]
         with cols[1]:
             merge_r = render_knobs((knob["merge_r"],), defaults, key_of=key_of, disabled=mode != "merge")["merge_r"]
-    trace, latency = run(picked, x, mode=mode, keep_ratio=keep, merge_r=round(merge_r))
-    static, static_latency = run(picked, x, mode="none")
+    trace, latency = run(picked, x, mode, keep if mode == "prune" else merge_r)
+    static, static_latency = run(picked, x, "none")
     ex = trace.extras
     with top_left:
         render_seen_image(picked, model.input_size)
