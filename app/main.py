@@ -17,7 +17,13 @@ PAGES = {
         st.Page("views/block_skip.py", title="Block skipping", icon=":material/alt_route:"),
         st.Page("views/experts.py", title="Experts", icon=":material/call_split:"),
     ],
-    "Input-adaptive": [st.Page("views/tokens.py", title="Tokens", icon=":material/grid_view:")],
+    "Input-adaptive": [
+        st.Page("views/tokens.py", title="Tokens", icon=":material/grid_view:"),
+    ],
+    "Side by side": [
+        st.Page("views/compare.py", title="Compare strategies", icon=":material/compare:"),
+        st.Page("views/video.py", title="Video", icon=":material/movie:"),
+    ],
 }
 
 page = st.navigation(PAGES)

@@ -119,7 +119,10 @@ def make_exit_confidence(trace: Trace, threshold: float, classes: Sequence[str],
 
 
 def make_accuracy_curve(
-    curves: dict[str, dict[str, Any]], *, current: dict[str, tuple[float, float]] | None = None
+    curves: dict[str, dict[str, Any]],
+    *,
+    current: dict[str, tuple[float, float]] | None = None,
+    label_current: bool = False,
 ) -> go.Figure:
     """Accuracy (%) vs mean MFLOPs per image.
 
@@ -128,6 +131,7 @@ def make_accuracy_curve(
             "accuracy", "label"}], "value_label": knob name in the hover (default "threshold")}``;
             the dynamic policy as a line, static settings as markers.
         current: name -> (mflops, accuracy) of the operating point on screen.
+        label_current: write each current point's name next to it (several on one chart).
     """
     fig = go.Figure()
     for name, curve in curves.items():
@@ -153,7 +157,8 @@ def make_accuracy_curve(
     for name, (mflops, acc) in (current or {}).items():
         fig.add_trace(
             go.Scatter(
-                x=[mflops], y=[100 * acc], mode="markers", name=f"{name}: now",
+                x=[mflops], y=[100 * acc], mode="markers+text" if label_current else "markers", name=f"{name}: now",
+                text=[name], textposition="top left",
                 marker={"symbol": "star", "size": 18, "color": FIRED, "line": {"width": 1, "color": "black"}},
                 hovertemplate="current setting<br>%{x:.1f} MFLOPs, %{y:.2f}%<extra></extra>",
             )
@@ -391,3 +396,58 @@ def make_knob_sweep(
         fig, height=300, showlegend=True, legend={"orientation": "h", "y": -0.3},
         yaxis2={"title": "test accuracy (%)", "overlaying": "y", "side": "right", "showgrid": False},
     )  # fmt: skip
+
+
+def make_video_timeline(
+    times: Sequence[float],
+    mflops: Sequence[float],
+    reused: Sequence[bool],
+    decisions: Sequence[float],
+    decision_label: str,
+    predictions: Sequence[str],
+    confidences: Sequence[float],
+    *,
+    current: int | None = None,
+) -> go.Figure:
+    """Per sampled frame: MFLOPs spent (reused frames spend none), the model's headline
+    decision, and the predicted class with its confidence; ``current`` marks the scrubbed frame."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=("MFLOPs spent", decision_label, "prediction (marker size: confidence)"))  # fmt: skip
+    colours = [SKIPPED if r else RAN for r in reused]
+    hover = [f"{t:.2f} s: reused the last result" if r else f"{t:.2f} s: {m:.1f} MFLOPs"
+             for t, m, r in zip(times, mflops, reused, strict=True)]  # fmt: skip
+    fig.add_bar(x=list(times), y=[0 if r else m for m, r in zip(mflops, reused, strict=True)], marker_color=colours,
+                customdata=hover, hovertemplate="%{customdata}<extra></extra>", row=1, col=1)  # fmt: skip
+    if any(reused):
+        fig.add_scatter(x=[t for t, r in zip(times, reused, strict=True) if r], y=[0] * sum(reused), mode="markers",
+                        marker={"symbol": "x", "color": STATIC, "size": 7}, hovertemplate="%{x:.2f} s: reused<extra></extra>",
+                        row=1, col=1)  # fmt: skip
+    fig.add_scatter(x=list(times), y=list(decisions), mode="lines+markers", line={"color": EXIT, "shape": "hv"},
+                    hovertemplate="%{x:.2f} s: %{y:.0f}<extra></extra>", row=2, col=1)  # fmt: skip
+    fig.add_scatter(
+        x=list(times), y=list(predictions), mode="markers", customdata=[100 * c for c in confidences],
+        marker={"size": [6 + 14 * c for c in confidences], "color": list(confidences), "colorscale": "Blues",
+                "cmin": 0, "cmax": 1, "line": {"width": 0.5, "color": "black"}},
+        hovertemplate="%{x:.2f} s: %{y} (%{customdata:.0f}%)<extra></extra>", row=3, col=1,
+    )  # fmt: skip
+    if current is not None:
+        fig.add_vline(x=times[current], line={"color": FIRED, "width": 2, "dash": "dot"})
+    fig.update_xaxes(title="time in the video (s)", row=3, col=1)
+    return _layout(fig, height=560)
+
+
+def make_block_density(point: dict[str, Any], per_stage: int) -> go.Figure:
+    """Per masked block on the test set at one threshold: the share of positions its mask kept,
+    and the share of its dense convolution FLOPs that ran (the first convolution runs on the
+    mask grown by its 3x3 kernel, so it costs more than the mask's share)."""
+    names = [block_label(i, per_stage) for i in range(len(point["block_density"]))]
+    fig = go.Figure()
+    fig.add_bar(x=names, y=[100 * d for d in point["block_density"]], name="positions kept", marker_color=RAN,
+                hovertemplate="block %{x}: %{y:.1f}% of positions<extra></extra>")  # fmt: skip
+    fig.add_bar(x=names, y=[100 * c for c in point["block_conv_share"]], name="conv FLOPs run", marker_color=EXIT,
+                hovertemplate="block %{x}: %{y:.1f}% of its conv FLOPs<extra></extra>")  # fmt: skip
+    fig.update_yaxes(title="% (test-set mean)", range=[0, 100])
+    fig.update_xaxes(title="block (stage.block)")
+    return _layout(fig, height=320, showlegend=True, barmode="group", legend={"orientation": "h", "y": -0.3})

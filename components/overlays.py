@@ -91,3 +91,37 @@ def make_expert_map(image: Image.Image, experts: np.ndarray) -> Image.Image:
     """
     colours = np.array([group_colour(max(e, 0)) if e >= 0 else GONE for e in experts.ravel()], dtype=np.uint8)
     return tint_patches(image, colours.reshape(*experts.shape, 3), np.where(experts >= 0, 0.55, 0.8))
+
+
+def upsample_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """An ``(h, h)`` per-position grid to ``(size, size)`` pixels (nearest; ``size`` a multiple of h)."""
+    return _cells(np.asarray(mask), size)
+
+
+def make_compute_count(masks: list[np.ndarray], size: int) -> np.ndarray:
+    """``(size, size)``: per input pixel, how many blocks computed the position covering it."""
+    return sum(upsample_mask(m.astype(np.int32), size) for m in masks)
+
+
+def make_mask_overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
+    """A block's spatial mask over the image: computed positions as they are, the others dark.
+    ``mask``: ``(h, h)`` bool; the image is square with a side that is a multiple of h."""
+    size = image.size[0]
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    keep = upsample_mask(mask, size)[..., None]
+    out = np.where(keep, base, 0.2 * base + 0.8 * np.array(GONE, dtype=np.float32))
+    return Image.fromarray(out.round().astype(np.uint8))
+
+
+def make_heat_overlay(image: Image.Image, values: np.ndarray, *, vmax: float, alpha: float = 0.55) -> Image.Image:
+    """A per-pixel quantity (compute count, attribution) over the image in the viridis colours.
+    ``values``: ``(size, size)`` or coarser ``(h, h)`` (upsampled), 0 to ``vmax``."""
+    from matplotlib import colormaps
+
+    size = image.size[0]
+    if values.shape[0] != size:
+        values = np.asarray(Image.fromarray(values.astype(np.float32)).resize((size, size), Image.Resampling.BILINEAR))
+    scaled = np.clip(values / vmax, 0, 1) if vmax > 0 else np.zeros_like(values, dtype=float)
+    colours = colormaps["viridis"](scaled)[..., :3] * 255
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return Image.fromarray(((1 - alpha) * base + alpha * colours).round().astype(np.uint8))

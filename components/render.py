@@ -18,16 +18,18 @@ def render_knobs(
     values: dict[str, Any] = {}
     for knob in knobs:
         key = key_of(knob.key)
+        default = defaults.get(knob.key, knob.default)
+        # a value the page set through session state (a matched budget) must not meet a default too
+        preset = key in st.session_state
         if knob.options:
-            default = defaults.get(knob.key, knob.default)
             names = dict(zip(knob.options, knob.option_labels or knob.options, strict=True))
             values[knob.key] = st.selectbox(
-                knob.label, knob.options, index=knob.options.index(default), key=key, help=knob.help,
-                format_func=names.__getitem__, disabled=disabled,
+                knob.label, knob.options, index=None if preset else knob.options.index(default), key=key,
+                help=knob.help, format_func=names.__getitem__, disabled=disabled,
             )  # fmt: skip
         else:
             values[knob.key] = st.slider(
-                knob.label, float(knob.lo), float(knob.hi), float(defaults.get(knob.key, knob.default)),
+                knob.label, float(knob.lo), float(knob.hi), None if preset else float(default),
                 step=float(knob.step), key=key, help=knob.help, disabled=disabled,
             )  # fmt: skip
     return values

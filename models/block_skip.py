@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from models.core import DynamicModel, Knob, Trace, Unit, register, timed
+from models.core import DynamicModel, Explained, Knob, Trace, Unit, register, timed
 from models.cost import count_flops
 from models.early_exit import FinalHead, Residual, conv_bn
 
@@ -260,6 +260,22 @@ class GatedResNet(DynamicModel):
         }
         flops = sum(u.flops for u in units)
         return Trace(self.name, values, probs.numpy(), units, flops, self.full_flops, latency, extras)
+
+    def explained_forward(self, trace: Trace, *, static: bool = False) -> Explained:
+        """The blocks the run executed (every block when ``static``); Grad-CAM on the 8x8
+        feature map that leaves stage 2 (the input of the last downsampling layer)."""
+        ran = [True] * self.num_blocks if static else list(trace.extras["executed"])
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            h = self.stem(x)
+            for i, block in enumerate(self.blocks):
+                h = self._before(i, h)
+                if ran[i]:
+                    h = block(h)
+            return self.head(h)
+
+        what = "every block" if static else f"the {sum(ran)} blocks this image ran"
+        return Explained(forward, self.downs[1], True, what)
 
     @torch.inference_mode()
     def forward_dynamic(self, x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

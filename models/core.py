@@ -133,6 +133,48 @@ class Trace:
 
 
 @dataclass(frozen=True)
+class Explained:
+    """A forward function ``(B, 3, H, W) -> (B, C)`` logits, the layer whose feature map
+    Grad-CAM weighs (its input when ``layer_input``), and what the function is, in words."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    layer: nn.Module
+    layer_input: bool
+    what: str
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One accuracy-compute curve of an eval table: ``knob`` swept over ``points`` (each with
+    ``value``, ``accuracy``, ``mflops``), the knobs in ``fixed`` held at those values."""
+
+    label: str
+    knob: str
+    fixed: dict[str, Any]
+    points: list[dict[str, Any]]
+
+    def matches(self, knobs: dict[str, Any]) -> bool:
+        """Whether ``knobs`` lie on this curve (every fixed knob as measured)."""
+        return all(knobs.get(k) == v for k, v in self.fixed.items())
+
+    def knobs_at(self, point: dict[str, Any], knobs: dict[str, Any]) -> dict[str, Any]:
+        """``knobs`` moved onto ``point`` of this curve."""
+        return {**knobs, **self.fixed, self.knob: point["value"]}
+
+    def nearest(self, knobs: dict[str, Any]) -> dict[str, Any]:
+        """The measured point closest to ``knobs``' value of the swept knob."""
+        return min(self.points, key=lambda p: abs(p["value"] - float(knobs[self.knob])))
+
+    def within_budget(self, mflops: float) -> tuple[dict[str, Any], bool]:
+        """The point whose test-set mean compute is closest to ``mflops`` without exceeding it,
+        and True; the cheapest point and False when none fits."""
+        fits = [p for p in self.points if p["mflops"] <= mflops]
+        if not fits:
+            return min(self.points, key=lambda p: p["mflops"]), False
+        return max(fits, key=lambda p: (p["mflops"], p["accuracy"])), True
+
+
+@dataclass(frozen=True)
 class Card:
     """Model card: what travels with the weights (timm's pretrained cfg, torchvision's meta)."""
 
@@ -252,6 +294,21 @@ class DynamicModel(nn.Module):
     def calibrate(self, val_table: dict[str, Any]) -> dict[str, Any]:
         """Default knob values chosen on a validation table."""
         raise NotImplementedError
+
+    def explained_forward(self, trace: Trace, *, static: bool = False) -> Explained:
+        """What attribution explains: a batched, differentiable function computing what
+        ``trace``'s run computed (its exit, its blocks, its masks, its tokens), or with
+        ``static`` the static network; and the layer Grad-CAM weighs."""
+        raise NotImplementedError
+
+    def curves(self, table: dict[str, Any]) -> tuple[Curve, ...]:
+        """The accuracy-compute curves of this model's eval table. By default the one curve
+        of the table's ``knob``, every other knob free."""
+        return (Curve("", table["knob"], {}, table["points"]),)
+
+    def curve_of(self, table: dict[str, Any], knobs: dict[str, Any]) -> Curve | None:
+        """The curve that was measured with ``knobs``' other settings, if any."""
+        return next((c for c in self.curves(table) if c.matches(knobs)), None)
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.core import DynamicModel, Knob, Trace, Unit, register, timed
+from models.core import Curve, DynamicModel, Explained, Knob, Trace, Unit, register, timed
 from models.cost import count_flops
 
 CRITERIA = ("max_prob", "entropy", "margin")
@@ -224,6 +224,20 @@ class EarlyExitResNet(DynamicModel):
             x = stage(x)
         return self.exits[-1](x)
 
+    def explained_forward(self, trace: Trace, *, static: bool = False) -> Explained:
+        """The exit that fired (or the last one): stages up to it, then its classifier; Grad-CAM
+        on the stage that feeds that exit."""
+        k = self.num_exits - 1 if static else trace.extras["fired_exit"]
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            for stage in self.stages[: k + 1]:
+                x = stage(x)
+            return self.exits[k](x)
+
+        return Explained(
+            forward, self.stages[k], False, f"exit {k + 1}" + (" (the last)" if k == self.num_exits - 1 else "")
+        )
+
     def evaluate_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"exit_probs": self.forward_all(x).softmax(-1)}
 
@@ -232,6 +246,10 @@ class EarlyExitResNet(DynamicModel):
 
     def summarise(self, table: dict[str, Any]) -> dict[str, Any]:
         return summarise(table)
+
+    def curves(self, table: dict[str, Any]) -> tuple[Curve, ...]:
+        """One threshold curve per exit criterion."""
+        return tuple(Curve(CRITERION_LABELS[c], "threshold", {"criterion": c}, table["criteria"][c]) for c in CRITERIA)
 
     def calibrate(self, val_table: dict[str, Any]) -> dict[str, Any]:
         return calibrate(val_table)

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.core import DynamicModel, Knob, Trace, Unit, register, timed
+from models.core import Curve, DynamicModel, Explained, Knob, Trace, Unit, register, timed
 from models.cost import count_flops
 
 GRID = 8  # patch tokens per side
@@ -793,6 +793,27 @@ class TokenExpertViT(DynamicModel):
 
     def summarise(self, table: dict[str, Any]) -> dict[str, Any]:
         return summarise(table)
+
+    def explained_forward(self, trace: Trace, *, static: bool = False) -> Explained:
+        """The run's policy (tokens shed, experts chosen: decided afresh for every input of the
+        batch, as the run decided them) or every token; Grad-CAM on the stem's 8x8 patch map."""
+        policy = STATIC if static else Policy.from_knobs(trace.knobs)
+        what = "every token" if static or policy.mode == "none" else f"tokens {policy.mode}d as in this run"
+        return Explained(lambda x: self.run(x, policy)[0], self.stem.convs, False, what)
+
+    def curves(self, table: dict[str, Any]) -> tuple[Curve, ...]:
+        """Pruning, merging, k and capacity, each swept with the other mechanisms static (as
+        :data:`SWEEP` measured them); a knob the mode ignores is left free."""
+        experts = {"top_k": STATIC_TOP_K, "capacity": NO_DROP_CAPACITY}
+        fixed = {
+            "prune": {"mode": "prune", **experts},
+            "merge": {"mode": "merge", **experts},
+            "top_k": {"mode": "none", "capacity": NO_DROP_CAPACITY},
+            "capacity": {"mode": "none", "top_k": STATIC_TOP_K},
+        }
+        labels = dict(zip(MODES, MODE_LABELS, strict=True)) | {"top_k": "experts per token", "capacity": "capacity"}
+        curves = table["curves"]
+        return tuple(Curve(labels[name], curves[name]["knob"], fixed[name], curves[name]["points"]) for name in fixed)
 
     def calibrate(self, val_table: dict[str, Any]) -> dict[str, Any]:
         return calibrate(val_table)

@@ -79,3 +79,38 @@ def metric_value(page, label: str) -> str:
 
 def threshold_slider(page, label: str = "Confidence threshold"):
     return page.locator('[data-testid="stSlider"]').filter(has_text=label).get_by_role("slider")
+
+
+def make_video(
+    *,
+    seconds: float = 2.0,
+    fps: int = 10,
+    size: tuple[int, int] = (96, 64),
+    fmt: str = "mp4",
+    still_from: float | None = None,
+) -> bytes:
+    """A small synthetic clip encoded with PyAV: a bright square sliding over a gradient. From
+    ``still_from`` seconds on the picture stops moving (frames for the reuse knob to skip).
+    ``fmt``: ``mp4`` (MPEG-4 part 2), ``webm`` (VP9) or ``gif``."""
+    import io
+
+    import av
+    import numpy as np
+
+    codec, pix_fmt = {"mp4": ("mpeg4", "yuv420p"), "webm": ("libvpx-vp9", "yuv420p"), "gif": ("gif", "rgb8")}[fmt]
+    w, h = size
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+        base = np.broadcast_to(np.linspace(0, 200, w, dtype=np.uint8)[None, :, None], (h, w, 3))
+        for i in range(round(seconds * fps)):
+            t = i / fps if still_from is None else min(i / fps, still_from)
+            frame = base.copy()
+            x = int((w - h // 2) * (t / seconds))
+            frame[h // 4 : 3 * h // 4, x : x + h // 2] = (255, 220, 40)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()

@@ -6,14 +6,18 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
+import models
 from app.inputs import TEST, UPLOAD
 from tests.conftest import ROOT
+from tests.support import make_video
 
 MAIN = str(ROOT / "app" / "main.py")
 EARLY_EXITS = "views/early_exits.py"
 BLOCK_SKIP = "views/block_skip.py"
 TOKENS = "views/tokens.py"
 EXPERTS = "views/experts.py"
+COMPARE = "views/compare.py"
+VIDEO = "views/video.py"
 
 
 def open_page(page: str | None = None) -> AppTest:
@@ -185,3 +189,62 @@ def test_transformer_pages_take_an_upload(photos, page):
     at = open_page(page)
     upload(at, photos[2].name, photos[2].read_bytes(), "image/jpeg")
     assert not at.exception and metric(at, "Prediction") and metric(at, "True label") == "unknown"
+
+
+def metrics(at: AppTest, label: str) -> list[str]:
+    return [m.value for m in at.metric if m.label == label]
+
+
+def test_compare_page_shows_each_configuration_side_by_side():
+    at = open_page(COMPARE)
+    assert at.title[0].value == "Compare strategies"
+    assert len(metrics(at, "Compute")) == 2 and all(v.endswith("MFLOPs") for v in metrics(at, "Compute"))
+    assert all(v.endswith("ms") for v in metrics(at, "Latency"))
+    at.segmented_control(key="compare:count").set_value(4).run()
+    assert not at.exception and len(metrics(at, "Compute")) == 4
+    assert {s.value for s in at.selectbox if s.label == "Model"} == set(models.available())  # one of each
+    assert any(s.value.startswith("Accuracy vs compute") for s in at.subheader)
+    assert [b.label for b in at.get("download_button")] == [
+        "Download the comparison (PNG)", "Download the traces (JSON)"
+    ]  # fmt: skip
+    assert not at.error and not at.warning
+
+
+def test_matching_a_budget_sets_every_configuration_under_it():
+    at = open_page(COMPARE)
+    before = [s.value for s in at.slider if s.label != "Budget: mean MFLOPs per test image"]
+    at.slider(key="compare:budget").set_value(150.0).run()
+    at.button[0].click().run()
+    assert not at.exception
+    matched = [c.value for c in at.caption if c.value.startswith("Matched to the budget")]
+    assert len(matched) == 2
+    for text in matched:
+        mflops = float(text.split(": ")[-1].split()[0])
+        assert mflops <= 150.0 or "out of reach" in text
+    assert [s.value for s in at.slider if s.label != "Budget: mean MFLOPs per test image"] != before
+
+
+def test_video_page_samples_runs_and_reuses(photos):
+    at = open_page(VIDEO)
+    assert any("Upload a video" in i.value for i in at.info)
+    at.get("file_uploader")[0].set_value(("clip.mp4", make_video(seconds=2.0, still_from=0.5), "video/mp4")).run()
+    assert not at.exception and not at.error
+    assert metric(at, "Frames sampled") == "4" and metric(at, "Model runs") == "4"
+    at.slider(key="video:reuse").set_value(0.02).run()
+    assert int(metric(at, "Model runs")) < 4  # the still frames reuse the last result
+    at.slider(key="video:frame").set_value(3).run()
+    assert not at.exception and metric(at, "Compute") == "0.0 MFLOPs"
+    at.selectbox(key="video:model").set_value("vit_tokens").run()
+    assert not at.exception and metric(at, "Prediction")
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [("empty.mp4", b"", "empty"), ("notes.mp4", b"not a video" * 40, "not a video")],
+)
+def test_bad_video_shows_a_message_and_the_next_video_works(name, data, message):
+    at = open_page(VIDEO)
+    at.get("file_uploader")[0].set_value((name, data, "video/mp4")).run()
+    assert not at.exception and any(message in e.value for e in at.error), [e.value for e in at.error]
+    at.get("file_uploader")[0].set_value(("clip.gif", make_video(seconds=1.0, fmt="gif"), "image/gif")).run()
+    assert not at.exception and not at.error and metric(at, "Frames sampled") == "2"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, chromium_browser, metric_value, serve_app, threshold_slider, wait_idle
+from tests.support import ROOT, chromium_browser, make_video, metric_value, serve_app, threshold_slider, wait_idle
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(os.environ.get("DYNN_ARTIFACTS", ROOT / "artifacts"))
@@ -70,4 +70,45 @@ def test_upload_move_threshold_see_compute_change(app_url, browser, photos, path
     assert page.locator('[data-testid="stException"]').count() == 0
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{path}.png"), full_page=True)
+    page.close()
+
+
+def test_compare_match_a_budget_and_export(app_url, browser):
+    page = browser.new_page(viewport={"width": 1500, "height": 2200})
+    page.goto(f"{app_url}/compare")
+    wait_idle(page)
+    page.locator('[data-testid="stMetricValue"]').first.wait_for(timeout=60_000)
+    computes = page.locator('[data-testid="stMetric"]').filter(has_text="Compute")
+    assert computes.count() == 2
+    page.get_by_role("button", name="Match this budget").click()
+    page.get_by_text("Matched to the budget").first.wait_for(timeout=60_000)
+    wait_idle(page)
+    assert page.get_by_text("Matched to the budget").count() == 2
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download the comparison (PNG)").click()
+    assert download.value.suggested_filename == "dynn-comparison.png"
+    assert page.locator('[data-testid="stException"]').count() == 0
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
+    page.close()
+
+
+def test_video_upload_shows_timelines_and_the_scrubbed_frame(app_url, browser, tmp_path):
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(make_video(seconds=3.0, fps=10, size=(160, 96), still_from=1.5))
+    page = browser.new_page(viewport={"width": 1400, "height": 2000})
+    page.goto(f"{app_url}/video")
+    wait_idle(page)
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(clip))
+    page.locator('[data-testid="stMetric"]').filter(has_text="Frames sampled").wait_for(timeout=60_000)
+    wait_idle(page)
+    assert metric_value(page, "Frames sampled") == "6" and metric_value(page, "Model runs") == "6"
+    threshold_slider(page, "Reuse below this change").focus()
+    page.keyboard.press("End")
+    runs = wait_for_metric_change(page, "Model runs", "6")
+    assert int(runs) < 6
+    assert page.locator('[data-testid="stPlotlyChart"]').count() >= 1
+    assert page.locator('[data-testid="stException"]').count() == 0
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "video.png"), full_page=True)
     page.close()

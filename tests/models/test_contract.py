@@ -171,3 +171,17 @@ def test_shipped_weights_reproduce_their_card(model, test_split):
         assert got["value"] == want["value"]
         assert got["accuracy"] == pytest.approx(want["accuracy"], abs=2.5 / SUBSET)
         assert got["mflops"] == pytest.approx(want["mflops"], rel=0.01)
+
+
+def test_every_eval_curve_names_valid_knobs_and_its_own_points(model):
+    """What the Compare page's budget matching sets: each curve point as knobs the model takes,
+    and those knobs found on that same curve."""
+    table = json.loads((EVAL_DIR / f"{model.name}.json").read_text())
+    defaults = model.knob_values()
+    curves = model.curves(table)
+    assert curves and model.curve_of(table, defaults) is not None
+    for curve in curves:
+        assert curve.points
+        for point in curve.points:
+            knobs = model.knob_values(**curve.knobs_at(point, defaults))
+            assert model.curve_of(table, knobs) == curve and curve.nearest(knobs) == point

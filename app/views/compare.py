@@ -1,0 +1,260 @@
+"""Compare: two to four configurations (model + knob values) side by side on the same image, at
+a budget of mean compute when asked, with every model's accuracy-compute curve on one chart."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import streamlit as st
+from PIL import Image
+
+from app import state
+from app.common import model_input, path_latency, render_page_header
+from app.inputs import InputImage
+from app.models_cache import eval_table, load_model, table_matches_weights
+from components.export import Panel, make_comparison_png
+from components.figures import make_accuracy_curve
+from components.images import square_thumbnail
+from components.pictures import decision_of, mechanism_picture
+from components.render import render_knobs
+from models import available, model_class
+from models.core import Curve, DynamicModel, Trace
+
+MAP_SIDE = 192  # pixels of each picture over the image (a multiple of every mask and patch grid)
+COUNTS = (2, 3, 4)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One column of the comparison: what was asked and what it did on this image."""
+
+    index: int
+    name: str
+    trace: Trace
+    latency_ms: float
+    curve: Curve | None  # the eval-table curve these knobs lie on, if any
+    point: dict[str, Any] | None  # its measured point nearest to the knobs
+
+    @property
+    def label(self) -> str:
+        return f"#{self.index + 1} {self.name}"
+
+
+def knob_key(i: int, name: str, knob: str) -> str:
+    return state.compare_key(i, f"{name}:{knob}")
+
+
+def current_knobs(i: int, model: DynamicModel) -> dict[str, Any]:
+    """Configuration ``i``'s knob values as its widgets hold them (defaults before first draw)."""
+    return {k.key: st.session_state.get(knob_key(i, model.name, k.key), model.default_knob(k)) for k in model.knobs}
+
+
+def table_of(name: str) -> dict[str, Any] | None:
+    return eval_table(name) if table_matches_weights(name) else None
+
+
+def match_budget(chosen: list[str], budget: float) -> None:
+    """Button callback: move each configuration's swept knob, along the curve its other knobs
+    lie on, to the point whose test-set mean compute is closest to the budget from below."""
+    matched = {}
+    for i, name in enumerate(chosen):
+        model, table = load_model(name), table_of(name)
+        if table is None:
+            continue
+        knobs = current_knobs(i, model)
+        curve = model.curve_of(table, knobs) or model.curves(table)[0]
+        point, fits = curve.within_budget(budget)
+        new = curve.knobs_at(point, knobs)
+        for key, value in new.items():
+            st.session_state[knob_key(i, name, key)] = value
+        reach = "" if fits else " (its cheapest setting: the budget is out of reach)"
+        matched[i] = (name, new, f"{curve.knob} {point['value']:g}: {point['mflops']:.1f} mean MFLOPs{reach}")
+    st.session_state[state.COMPARE_MATCHED] = matched
+
+
+def render_budget(chosen: list[str]) -> None:
+    """The budget slider over the range the chosen models' curves span, and the button."""
+    spans = []
+    for name in chosen:
+        table = table_of(name)
+        if table is not None:
+            mflops = [p["mflops"] for c in load_model(name).curves(table) for p in c.points]
+            spans.append((min(mflops), max(mflops)))
+    if not spans:
+        st.info("No evaluation tables for these models: run `make evaluate` to match a budget.")
+        return
+    lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)
+    left, right = st.columns([3, 1], vertical_alignment="bottom")
+    budget = left.slider(
+        "Budget: mean MFLOPs per test image", float(round(lo)), float(round(hi + 0.5)), float(round((lo + hi) / 2)),
+        step=1.0, key=state.COMPARE_BUDGET,
+        help="Each configuration's swept knob is set from its eval table so that its mean compute on the "
+        "CIFAR-10 test set is the closest to this budget without exceeding it.",
+    )  # fmt: skip
+    right.button("Match this budget", on_click=match_budget, args=(chosen, budget), type="primary")
+
+
+def render_config_controls(i: int) -> tuple[str, dict[str, Any]]:
+    """Configuration ``i``'s model and knobs."""
+    names = available()
+    name = st.selectbox(
+        "Model", names, index=i % len(names), key=state.compare_key(i, "model"),
+        format_func=lambda n: model_class(n).title,
+    )  # fmt: skip
+    model = load_model(name)
+    defaults = current_knobs(i, model)
+    knobs = render_knobs(model.knobs, defaults, key_of=lambda key: knob_key(i, name, key))
+    matched = st.session_state.get(state.COMPARE_MATCHED, {}).get(i)
+    if matched and matched[:2] == (name, knobs):  # still as the budget set it
+        st.caption(f"Matched to the budget: {matched[2]}")
+    return name, knobs
+
+
+def run_config(i: int, name: str, knobs: dict[str, Any], picked: InputImage) -> Config:
+    """The real batch-1 trace of one configuration, its latency and its test-set point."""
+    model = load_model(name)
+    x = model_input(name, picked.key, picked.image)
+    trace, latency = path_latency(name, picked.key, tuple(sorted(knobs.items())), x, knobs)
+    table = table_of(name)
+    curve = model.curve_of(table, trace.knobs) if table else None
+    point = curve.nearest(trace.knobs) if curve else None
+    return Config(i, name, trace, latency, curve, point)
+
+
+def config_lines(config: Config, classes: tuple[str, ...]) -> list[str]:
+    """The numbers of one configuration, as the column and the PNG both show them."""
+    t = config.trace
+    lines = [
+        f"says {classes[t.prediction]} ({100 * t.confidence:.1f}%)",
+        f"{t.mflops:.1f} MFLOPs ({100 * t.fraction:.0f}% of full), {config.latency_ms:.1f} ms",
+        decision_of(t).text,
+    ]
+    if config.point is None:
+        lines.append("test set: not measured at these knobs")
+    else:
+        p = config.point
+        lines.append(
+            f"test set: {100 * p['accuracy']:.2f}% at {p['mflops']:.1f} mean MFLOPs ({config.curve.knob} {p['value']:g})"
+        )
+    return lines
+
+
+def knob_text(trace: Trace) -> str:
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in trace.knobs.items())
+
+
+def render_config(config: Config, image: Image.Image, picked: InputImage) -> Image.Image:
+    """One column: numbers and the mechanism's own picture. Returns the picture for the PNG
+    (the image itself when the picture is a chart)."""
+    model = load_model(config.name)
+    classes = model.card.classes
+    t = config.trace
+    verdict = ""
+    if picked.label is not None:
+        verdict = " (right)" if t.prediction == picked.label else " (wrong)"
+    st.metric("Prediction", f"{classes[t.prediction]}{verdict}", f"{100 * t.confidence:.1f}% probability",
+              delta_color="off", delta_arrow="off")  # fmt: skip
+    a, b = st.columns(2)
+    a.metric(
+        "Compute", f"{t.mflops:.1f} MFLOPs", f"{100 * t.fraction:.0f}% of full", delta_color="off", delta_arrow="off"
+    )
+    b.metric("Latency", f"{config.latency_ms:.1f} ms", "batch 1, fastest of 5", delta_color="off", delta_arrow="off")
+    st.caption(" · ".join(config_lines(config, classes)[2:]))
+    picture = mechanism_picture(t, image, classes)
+    if isinstance(picture, Image.Image):
+        st.image(picture, width=MAP_SIDE)
+        return picture
+    st.plotly_chart(picture, key=f"cmp_picture{config.index}")
+    return image
+
+
+def render_curves(configs: list[Config]) -> None:
+    """Every model's curve at its default knobs, the curves the configurations lie on, and the
+    configurations' measured points."""
+    curves: dict[str, dict[str, Any]] = {}
+    current: dict[str, tuple[float, float]] = {}
+    for name in available():
+        table = table_of(name)
+        if table is None:
+            continue
+        model = load_model(name)
+        defaults = {k.key: model.default_knob(k) for k in model.knobs}
+        mine = [c.curve for c in configs if c.name == name and c.curve is not None]
+        for curve in [model.curve_of(table, defaults), *mine]:
+            if curve is not None:
+                label = f"{name}: {curve.label}" if curve.label else name
+                curves[label] = {"points": curve.points, "value_label": curve.knob}  # one line per curve
+    for c in configs:
+        if c.point is not None:
+            current[c.label] = (c.point["mflops"], c.point["accuracy"])
+    st.subheader("Accuracy vs compute on the CIFAR-10 test set")
+    st.plotly_chart(make_accuracy_curve(curves, current=current, label_current=True), key="cmp_curves")
+    st.caption(
+        "Lines: each model's eval table (`assets/eval/`, `python -m models.evaluate --write`), at its default "
+        "settings and at the settings of each configuration. Stars: the configurations' measured points."
+    )
+
+
+def export_json(configs: list[Config], picked: InputImage) -> str:
+    return json.dumps(
+        {
+            "input": picked.name,
+            "configurations": [
+                {
+                    "model": c.name,
+                    "latency_ms": c.latency_ms,
+                    "test_point": c.point,
+                    "trace": json.loads(c.trace.to_json()),
+                }
+                for c in configs
+            ],
+        }
+    )
+
+
+def render_exports(configs: list[Config], pictures: list[Image.Image], picked: InputImage) -> None:
+    panels = []
+    for c, picture in zip(configs, pictures, strict=True):
+        classes = load_model(c.name).card.classes
+        panels.append(Panel(f"{c.label}\n{knob_text(c.trace)}", tuple(config_lines(c, classes)), picture, c.trace))
+    left, right = st.columns(2)
+    left.download_button("Download the comparison (PNG)", make_comparison_png(panels), "dynn-comparison.png",
+                         mime="image/png", icon=":material/image:")  # fmt: skip
+    right.download_button("Download the traces (JSON)", export_json(configs, picked), "dynn-traces.json",
+                          mime="application/json", icon=":material/data_object:")  # fmt: skip
+
+
+def render_compare() -> None:
+    picked = render_page_header(
+        "Compare strategies",
+        "Two to four configurations (a model and its knobs) on the same image, side by side; match them to one "
+        "compute budget to compare accuracy at equal cost.",
+    )
+    if picked is None:
+        return
+    count = st.segmented_control("Configurations", COUNTS, default=COUNTS[0], key=state.COMPARE_COUNT) or COUNTS[0]
+    names = available()
+    with st.container(border=True):
+        st.markdown("**Match a budget**")
+        render_budget(
+            [st.session_state.get(state.compare_key(i, "model"), names[i % len(names)]) for i in range(count)]
+        )
+    columns = st.columns(count, gap="medium", border=True)
+    chosen = []
+    for i, col in enumerate(columns):
+        with col:
+            chosen.append(render_config_controls(i))
+    image = square_thumbnail(picked.image, MAP_SIDE)
+    configs, pictures = [], []
+    for i, (col, (name, knobs)) in enumerate(zip(columns, chosen, strict=True)):
+        config = run_config(i, name, knobs, picked)
+        with col:
+            pictures.append(render_config(config, image, picked))
+        configs.append(config)
+    render_curves(configs)
+    render_exports(configs, pictures, picked)
+
+
+render_compare()

@@ -1,0 +1,175 @@
+"""Video: any model frame by frame on an uploaded clip, with timelines of what it decided and a
+knob that reuses the last result while the picture barely changes (temporal redundancy)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import streamlit as st
+import torch
+from PIL import Image
+
+from app import state
+from app.models_cache import load_model
+from components.figures import make_video_timeline
+from components.images import square_thumbnail, to_model_input
+from components.pictures import decision_of, mechanism_picture
+from components.render import render_knobs
+from components.video import EXTENSIONS, FrameResult, Video, VideoError, read_frames, run_frames
+from models import available, model_class
+
+MAP_SIDE = 192
+REUSE_HELP = (
+    "Reuse the last computed frame's result while this frame's model input (the 32x32 thumbnail) differs from "
+    "it by less than this mean absolute pixel change (0 to 1). 0 runs the model on every frame."
+)
+
+
+def decoded(data: bytes, fps: float, max_frames: int) -> Video:
+    """The sampled frames of an upload, kept for the last upload and sampling only (bounded
+    memory); decoded with a progress bar. Raises VideoError."""
+    key = (hashlib.sha256(data).hexdigest(), fps, max_frames)
+    cached = st.session_state.get(state.VIDEO_DECODED)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    st.session_state[state.VIDEO_DECODED] = None  # free the previous video first
+    bar = st.progress(0.0, text="Decoding the video...")
+    try:
+        video = read_frames(data, fps=fps, max_frames=max_frames, progress=lambda f: bar.progress(f, "Decoding..."))
+    finally:
+        bar.empty()
+    st.session_state[state.VIDEO_DECODED] = (key, video)
+    return video
+
+
+def frame_results(video: Video, video_key: tuple, name: str, knobs: dict[str, Any], reuse: float) -> list[FrameResult]:
+    """The model on every sampled frame (or the reused result), for the last setting only."""
+    key = (video_key, name, tuple(sorted(knobs.items())), reuse)
+    cached = st.session_state.get(state.VIDEO_RESULTS)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    model = load_model(name)
+    thumbs = [np.asarray(square_thumbnail(f.image, model.input_size)) for f in video.frames]
+
+    def infer(i: int):
+        x = to_model_input(video.frames[i].image, size=model.input_size, mean=model.mean, std=model.std)
+        return model.trace(x, **knobs)
+
+    bar = st.progress(0.0, text=f"Running {model.title} on {len(thumbs)} frames...")
+    try:
+        with torch.inference_mode():
+            results = run_frames(thumbs, infer, reuse_below=reuse, progress=lambda f: bar.progress(f))
+    finally:
+        bar.empty()
+    st.session_state[state.VIDEO_RESULTS] = (key, results)
+    return results
+
+
+def render_summary(video: Video, results: list[FrameResult], name: str) -> None:
+    model = load_model(name)
+    computed = [r for r in results if not r.reused]
+    spent = sum(r.flops for r in results) / 1e6
+    static = len(results) * model.full_flops / 1e6
+    a, b, c, d = st.columns(4)
+    a.metric(
+        "Frames sampled",
+        len(results),
+        f"{video.width}x{video.height} {video.codec}",
+        delta_color="off",
+        delta_arrow="off",
+    )
+    b.metric(
+        "Model runs",
+        len(computed),
+        f"{len(results) - len(computed)} frames reused",
+        delta_color="off",
+        delta_arrow="off",
+    )
+    c.metric("MFLOPs spent", f"{spent:,.0f}", f"{100 * spent / static:.0f}% of the static network on every frame",
+             delta_color="off", delta_arrow="off")  # fmt: skip
+    latency = np.mean([r.trace.latency_ms for r in computed])
+    d.metric("Mean latency per run", f"{latency:.1f} ms", "batch 1, one run each", delta_color="off", delta_arrow="off")
+
+
+def render_frame(video: Video, results: list[FrameResult], index: int, name: str) -> None:
+    """The scrubbed frame, what the model decided on it, and its picture."""
+    model = load_model(name)
+    classes = model.card.classes
+    frame, result = video.frames[index], results[index]
+    trace = result.trace
+    left, middle, right = st.columns([1.2, 1, 1.6], gap="large")
+    left.image(frame.image, caption=f"frame at {frame.time_s:.2f} s", width="stretch")
+    image = square_thumbnail(frame.image, MAP_SIDE)
+    with middle:
+        status = "reused the last computed frame's result" if result.reused else "model ran"
+        change = "" if result.change is None else f", change {result.change:.3f}"
+        st.metric("Prediction", classes[trace.prediction], f"{100 * trace.confidence:.1f}% probability",
+                  delta_color="off", delta_arrow="off")  # fmt: skip
+        st.metric(
+            "Compute", f"{result.flops / 1e6:.1f} MFLOPs", f"{status}{change}", delta_color="off", delta_arrow="off"
+        )
+        st.caption(decision_of(trace).text)
+    with right:
+        picture = mechanism_picture(trace, image, classes)
+        if isinstance(picture, Image.Image):
+            st.image(picture, width=MAP_SIDE, caption=f"{model.title}: what it computed")
+        else:
+            st.plotly_chart(picture, key="video_picture")
+
+
+def render_video() -> None:
+    st.title("Video")
+    st.caption("Any model, frame by frame: what it decided over time, and the compute a video's redundancy can save.")
+    file = st.file_uploader("Video", type=list(EXTENSIONS), key=state.VIDEO_UPLOAD,
+                            help="mp4, webm, mov, mkv, avi or an animated gif; decoded with PyAV (FFmpeg).")  # fmt: skip
+    a, b = st.columns(2)
+    fps = a.slider("Frames per second to sample", 0.5, 10.0, 2.0, step=0.5, key=state.VIDEO_FPS)
+    max_frames = b.slider("Maximum frames", 5, 300, 60, step=5, key=state.VIDEO_MAX_FRAMES,
+                          help="A longer video is sampled from its start up to this many frames.")  # fmt: skip
+    if file is None:
+        st.info("Upload a video to run a model on its frames.")
+        return
+    data = file.getvalue()
+    try:
+        video = decoded(data, fps, max_frames)
+    except VideoError as err:
+        st.error(f"{file.name}: {err}")
+        return
+    length = f"{video.duration_s:.1f} s" if video.duration_s else "unknown length"
+    st.caption(f"{file.name}: {video.width}x{video.height}, {video.codec}, {length}; "
+               f"{len(video.frames)} frames sampled at up to {fps:g} per second.")  # fmt: skip
+    for note in video.notes:
+        st.warning(note)
+    names = available()
+    controls, reuse_col = st.columns([2, 1], gap="large")
+    with controls:
+        default = names.index("early_exit") if "early_exit" in names else 0
+        name = st.selectbox(
+            "Model", names, index=default, key=state.VIDEO_MODEL, format_func=lambda n: model_class(n).title
+        )
+        model = load_model(name)
+        defaults = {k.key: model.default_knob(k) for k in model.knobs}
+        knobs = render_knobs(model.knobs, defaults, key_of=lambda key: state.video_knob_key(name, key))
+    with reuse_col:
+        reuse = st.slider("Reuse below this change", 0.0, 0.2, 0.0, step=0.005, key=state.VIDEO_REUSE, help=REUSE_HELP,
+                          format="%.3f")  # fmt: skip
+    results = frame_results(video, st.session_state[state.VIDEO_DECODED][0], name, knobs, reuse)
+    render_summary(video, results, name)
+    index = st.slider("Frame", 0, len(results) - 1, 0, key=state.VIDEO_FRAME) if len(results) > 1 else 0
+    classes = model.card.classes
+    decisions = [decision_of(r.trace) for r in results]
+    st.plotly_chart(
+        make_video_timeline(
+            [f.time_s for f in video.frames], [r.trace.mflops for r in results], [r.reused for r in results],
+            [d.value for d in decisions], decisions[0].label, [classes[r.trace.prediction] for r in results],
+            [r.trace.confidence for r in results], current=index,
+        ),
+        key="video_timeline",
+    )  # fmt: skip
+    st.caption("Grey bars and crosses: frames that reused the last computed result and spent no network FLOPs.")
+    render_frame(video, results, index, name)
+
+
+render_video()

@@ -1,0 +1,170 @@
+"""Videos: sample frames with PyAV (``torchvision.io`` no longer decodes video), run a model per
+frame, and reuse a result while the picture barely changes.
+
+Pure (no Streamlit): bytes in, sampled frames out; frames and an inference function in, one
+result per frame out. Memory stays bounded: frames are decoded one at a time, only the sampled
+ones are kept, each scaled down by FFmpeg before it becomes an image, and decoding stops at
+``max_frames``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import av
+import numpy as np
+from PIL import Image
+
+from models.core import Trace
+
+MAX_SIDE = 320  # pixels: the longest side a sampled frame is kept at
+MAX_PIXELS = 8192 * 8192  # a frame larger than this is refused before decoding
+EXTENSIONS = ("mp4", "webm", "mov", "gif", "mkv", "avi", "m4v")
+
+
+class VideoError(ValueError):
+    """A video that cannot be used, with a message for the user."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    time_s: float  # presentation time in the video
+    image: Image.Image  # RGB, longest side at most MAX_SIDE
+
+
+@dataclass(frozen=True)
+class Video:
+    frames: tuple[Frame, ...]
+    width: int  # the video's own size
+    height: int
+    codec: str
+    duration_s: float | None  # None when the container does not say
+    notes: tuple[str, ...] = ()
+
+
+def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def _scaled(width: int, height: int) -> tuple[int, int]:
+    """The frame size to keep: the longest side at most MAX_SIDE, even sides (for FFmpeg's scaler)."""
+    scale = min(1.0, MAX_SIDE / max(width, height))
+    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+
+
+def read_frames(data: bytes, *, fps: float, max_frames: int, progress: Callable[[float], None] | None = None) -> Video:
+    """Decode ``data`` and keep one frame every ``1 / fps`` seconds, at most ``max_frames``.
+
+    Args:
+        data: the uploaded file.
+        fps: frames to keep per second of video.
+        max_frames: stop after this many kept frames (a long video is sampled, not read whole).
+        progress: called with the share done in [0, 1] while decoding.
+
+    Raises:
+        VideoError: an empty file, one FFmpeg cannot read, no video stream, frames too large,
+            or no frame decoded.
+    """
+    if not data:
+        raise VideoError("The file is empty.")
+    if fps <= 0 or max_frames < 1:
+        raise VideoError("Frames per second and the maximum number of frames must be positive.")
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except Exception as err:  # FFmpeg's demuxers fail in many ways on foreign data; none may reach the page
+        raise VideoError(f"This is not a video FFmpeg can read ({err.__class__.__name__}).") from err
+    with container:
+        if not container.streams.video:
+            raise VideoError("The file has no video stream.")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width * height > MAX_PIXELS:
+            raise VideoError(f"Frames of {width}x{height} pixels are too large (at most {MAX_PIXELS:,} pixels).")
+        duration = _duration(container, stream)
+        frames, notes = _sample(container, stream, fps, max_frames, duration, progress)
+    if not frames:
+        raise VideoError("No frame could be decoded from this video." + (f" {notes[0]}" if notes else ""))
+    if len(frames) == max_frames and duration and frames[-1].time_s + 1 / fps < duration:
+        notes.append(
+            f"Only the first {frames[-1].time_s:.1f} s of {duration:.1f} s were sampled ({max_frames} frames)."
+        )
+    return Video(tuple(frames), width, height, stream.codec_context.name, duration, tuple(notes))
+
+
+def _sample(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    fps: float,
+    max_frames: int,
+    duration: float | None,
+    progress: Callable[[float], None] | None,
+) -> tuple[list[Frame], list[str]]:
+    frames: list[Frame] = []
+    notes: list[str] = []
+    next_time, decoded = 0.0, 0
+    rate = float(stream.average_rate) if stream.average_rate else None
+    try:
+        for frame in container.decode(stream):
+            t = frame.time if frame.time is not None else decoded / (rate or fps)
+            decoded += 1
+            if t + 1e-6 < next_time:
+                continue
+            size = _scaled(frame.width, frame.height)
+            frames.append(Frame(float(t), frame.to_image(width=size[0], height=size[1]).convert("RGB")))
+            next_time = max(next_time + 1 / fps, t)
+            if progress is not None:
+                progress(min(1.0, t / duration) if duration else len(frames) / max_frames)
+            if len(frames) >= max_frames:
+                break
+    except Exception as err:  # damaged packets: keep what decoded so far
+        notes.append(f"Decoding stopped after {decoded} frames: the data is damaged ({err.__class__.__name__}).")
+    return frames, notes
+
+
+def frame_change(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two equally sized uint8 images, in [0, 1]."""
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean() / 255)
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    trace: Trace  # the frame's own, or the reused one
+    reused: bool  # the model did not run: the previous computed frame's result stands
+    change: float | None  # difference to the last computed frame (None for the first)
+
+    @property
+    def flops(self) -> int:
+        """FLOPs spent on this frame (the change test itself is not a network's FLOPs)."""
+        return 0 if self.reused else self.trace.flops
+
+
+def run_frames(
+    thumbnails: Sequence[np.ndarray],
+    infer: Callable[[int], Trace],
+    *,
+    reuse_below: float = 0.0,
+    progress: Callable[[float], None] | None = None,
+) -> list[FrameResult]:
+    """Run ``infer(i)`` on every frame, unless the frame differs from the last frame the model
+    ran on by less than ``reuse_below`` (mean absolute pixel change of the model's input
+    ``thumbnails``): then that frame's result is reused (temporal redundancy; 0 never reuses).
+    """
+    results: list[FrameResult] = []
+    anchor: np.ndarray | None = None
+    for i, thumb in enumerate(thumbnails):
+        change = None if anchor is None else frame_change(thumb, anchor)
+        if change is not None and change < reuse_below:
+            results.append(FrameResult(results[-1].trace, True, change))
+        else:
+            results.append(FrameResult(infer(i), False, change))
+            anchor = thumb
+        if progress is not None:
+            progress((i + 1) / len(thumbnails))
+    return results

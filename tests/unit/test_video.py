@@ -1,0 +1,112 @@
+"""Video sampling with PyAV and the temporal-reuse loop, on clips the tests encode themselves."""
+
+from __future__ import annotations
+
+import io
+
+import av
+import numpy as np
+import pytest
+
+from components.video import MAX_SIDE, FrameResult, VideoError, frame_change, read_frames, run_frames
+from models.core import Trace
+from tests.support import make_video
+
+
+def test_frames_are_sampled_at_the_requested_rate():
+    video = read_frames(make_video(seconds=2.0, fps=10), fps=2.0, max_frames=100)
+    assert [f.time_s for f in video.frames] == pytest.approx([0.0, 0.5, 1.0, 1.5])
+    assert (video.width, video.height, video.codec) == (96, 64, "mpeg4")
+    assert video.duration_s == pytest.approx(2.0, abs=0.15)
+    assert video.notes == ()
+    assert all(f.image.mode == "RGB" and f.image.size == (96, 64) for f in video.frames)
+
+
+def test_a_long_video_is_sampled_up_to_max_frames_with_a_note():
+    seen = []
+    video = read_frames(make_video(seconds=4.0, fps=10), fps=5.0, max_frames=6, progress=seen.append)
+    assert len(video.frames) == 6 and video.frames[-1].time_s == pytest.approx(1.0)
+    assert "Only the first" in video.notes[0]
+    assert seen == sorted(seen) and 0 < seen[-1] <= 1
+
+
+def test_large_frames_are_scaled_down_as_they_are_decoded():
+    video = read_frames(make_video(seconds=0.5, fps=4, size=(640, 360)), fps=4.0, max_frames=2)
+    assert max(video.frames[0].image.size) == MAX_SIDE and (video.width, video.height) == (640, 360)
+
+
+@pytest.mark.parametrize("fmt", ["gif", "webm"])
+def test_animated_gif_and_webm_decode(fmt):
+    video = read_frames(make_video(seconds=1.0, fps=10, fmt=fmt), fps=4.0, max_frames=10)
+    assert len(video.frames) == 4
+
+
+def audio_only() -> bytes:
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), dtype=np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty"),
+        (b"this is plainly not a video" * 10, "not a video"),
+        (b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64, "not a video|No frame"),
+        (audio_only(), "no video stream"),
+    ],
+    ids=["empty", "text", "mp4-header-only", "audio-only"],
+)
+def test_unusable_files_raise_a_message(data, message):
+    with pytest.raises(VideoError, match=message):
+        read_frames(data, fps=2.0, max_frames=10)
+
+
+def test_a_truncated_video_keeps_what_decoded_or_says_why():
+    data = make_video(seconds=3.0, fps=10)
+    try:
+        video = read_frames(data[: len(data) // 2], fps=5.0, max_frames=50)
+    except VideoError as err:
+        assert str(err)
+    else:
+        assert 0 < len(video.frames) < 15
+
+
+def fake_trace(flops: int) -> Trace:
+    return Trace("fake", {}, np.array([1.0]), (), flops, 100, 1.0)
+
+
+def test_reuse_skips_frames_that_barely_changed_and_spends_nothing_on_them():
+    still = np.zeros((4, 4, 3), np.uint8)
+    moved = np.full((4, 4, 3), 60, np.uint8)
+    thumbs = [still, still, moved, moved, still]
+    calls = []
+
+    def infer(i):
+        calls.append(i)
+        return fake_trace(10 + i)
+
+    results = run_frames(thumbs, infer, reuse_below=0.05)
+    assert calls == [0, 2, 4]
+    assert [r.reused for r in results] == [False, True, False, True, False]
+    assert [r.flops for r in results] == [10, 0, 12, 0, 14]
+    assert results[1].trace is results[0].trace and results[1].change == 0.0
+    assert results[2].change == pytest.approx(60 / 255)
+
+
+def test_reuse_compares_with_the_last_computed_frame_so_slow_drift_still_runs():
+    thumbs = [np.full((2, 2, 3), 10 * i, np.uint8) for i in range(6)]  # 10 levels a frame
+    results = run_frames(thumbs, lambda i: fake_trace(i), reuse_below=25 / 255)
+    assert [r.reused for r in results] == [False, True, True, False, True, True]
+
+
+def test_reuse_off_runs_every_frame():
+    thumbs = [np.zeros((2, 2, 3), np.uint8)] * 3
+    assert not any(r.reused for r in run_frames(thumbs, lambda i: fake_trace(1), reuse_below=0.0))
+    assert frame_change(thumbs[0], thumbs[1]) == 0.0
+    assert isinstance(run_frames(thumbs, lambda i: fake_trace(1))[0], FrameResult)
