@@ -9,10 +9,12 @@ import streamlit as st
 import torch
 from PIL import Image
 
+from app import state
 from app.inputs import InputImage, current_input
 from app.models_cache import eval_table, load_model, table_matches_weights
 from components.images import square_thumbnail, to_model_input
-from models.core import Trace
+from components.render import render_knobs
+from models.core import DynamicModel, Trace
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -126,3 +128,12 @@ def render_model_page(
         return
     run(picked, model_input(name, picked.key, picked.image))
     render_explanation(*explanation, (*model.papers, *extra_papers))
+
+
+def render_knobs_or_static(model: DynamicModel, toggle: str, help: str, *, toggle_key: str) -> dict[str, Any]:
+    """A toggle that forces the static network, then the model's knobs (disabled while it is
+    on); returns the knob values to run, the static ones when forced."""
+    forced = st.toggle(toggle, key=state.knob_key(model.name, toggle_key), help=help)
+    defaults = {k.key: model.default_knob(k) for k in model.knobs}
+    knobs = render_knobs(model.knobs, defaults, key_of=lambda key: state.knob_key(model.name, key), disabled=forced)
+    return dict(model.static_knobs) if forced else knobs

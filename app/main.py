@@ -19,6 +19,7 @@ PAGES = {
     ],
     "Input-adaptive": [
         st.Page("views/tokens.py", title="Tokens", icon=":material/grid_view:"),
+        st.Page("views/pixels.py", title="Pixels", icon=":material/blur_on:"),
     ],
     "Side by side": [
         st.Page("views/compare.py", title="Compare strategies", icon=":material/compare:"),

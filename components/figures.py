@@ -435,7 +435,7 @@ def make_video_timeline(
     if current is not None:
         fig.add_vline(x=times[current], line={"color": FIRED, "width": 2, "dash": "dot"})
     fig.update_xaxes(title="time in the video (s)", row=3, col=1)
-    return _layout(fig, height=560)
+    return _layout(fig, height=580).update_layout(margin_t=36)  # room for the first subplot's title
 
 
 def make_block_density(point: dict[str, Any], per_stage: int) -> go.Figure:

@@ -88,10 +88,13 @@ def make_video(
     size: tuple[int, int] = (96, 64),
     fmt: str = "mp4",
     still_from: float | None = None,
+    noise: int = 0,
 ) -> bytes:
     """A small synthetic clip encoded with PyAV: a bright square sliding over a gradient. From
     ``still_from`` seconds on the picture stops moving (frames for the reuse knob to skip).
-    ``fmt``: ``mp4`` (MPEG-4 part 2), ``webm`` (VP9) or ``gif``."""
+    ``fmt``: ``mp4`` (MPEG-4 part 2), ``webm`` (VP9) or ``gif``. ``noise``: the amplitude of
+    fresh random grain on every frame, which makes the clip as costly to decode as camera
+    footage (a clean synthetic clip compresses to almost nothing)."""
     import io
 
     import av
@@ -103,12 +106,18 @@ def make_video(
     with av.open(buf, mode="w", format=fmt) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+        if noise:
+            stream.bit_rate = 4_000_000  # camera-like 4 Mbit/s, so the grain survives encoding
+        rng = np.random.default_rng(0)
         base = np.broadcast_to(np.linspace(0, 200, w, dtype=np.uint8)[None, :, None], (h, w, 3))
         for i in range(round(seconds * fps)):
             t = i / fps if still_from is None else min(i / fps, still_from)
             frame = base.copy()
             x = int((w - h // 2) * (t / seconds))
             frame[h // 4 : 3 * h // 4, x : x + h // 2] = (255, 220, 40)
+            if noise:
+                grain = rng.integers(-noise, noise + 1, frame.shape)
+                frame = np.clip(frame.astype(np.int16) + grain, 0, 255).astype(np.uint8)
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():

@@ -7,11 +7,11 @@ from typing import Any
 import streamlit as st
 import torch
 
-from app import state
 from app.common import (
     checked_table,
     nearest_point,
     path_latency,
+    render_knobs_or_static,
     render_model_page,
     render_prediction,
     render_seen_image,
@@ -26,7 +26,7 @@ from components.figures import (
     make_blocks_histogram,
     make_class_block_heatmap,
 )
-from components.render import render_cost_metrics, render_knobs
+from components.render import render_cost_metrics
 from models.core import Trace
 from models.data import resolve_source
 
@@ -102,14 +102,12 @@ def render_gated_run(picked: Any, x: torch.Tensor) -> None:
     """Everything the threshold changes: reruns alone when the slider moves (a forward pass)."""
     model = load_model(MODEL)
     classes = model.card.classes
-    defaults = {k.key: model.default_knob(k) for k in model.knobs}
     top_left, top_right = st.columns([1, 2], gap="large")
     with top_right:
-        all_on = st.toggle("Force every block on", key=state.knob_key(MODEL, "all_on"),
-                           help="Run the static network (threshold 0, no gate evaluated) to compare.")  # fmt: skip
-        knobs = render_knobs(model.knobs, defaults, key_of=lambda key: state.knob_key(MODEL, key), disabled=all_on)
-    if all_on:
-        knobs = dict(model.static_knobs)
+        knobs = render_knobs_or_static(
+            model, "Force every block on", "Run the static network (threshold 0, no gate evaluated) to compare.",
+            toggle_key="all_on",
+        )  # fmt: skip
     trace = gated_trace(MODEL, picked.key, knobs["threshold"], x)
     static = gated_trace(MODEL, picked.key, model.static_knobs["threshold"], x)
     executed = trace.extras["executed"]

@@ -145,29 +145,36 @@ def knob_text(trace: Trace) -> str:
     return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in trace.knobs.items())
 
 
-def render_config(config: Config, image: Image.Image, picked: InputImage) -> Image.Image:
-    """One column: numbers and the mechanism's own picture. Returns the picture for the PNG
-    (the image itself when the picture is a chart)."""
-    model = load_model(config.name)
-    classes = model.card.classes
+def render_config(config: Config, picked: InputImage) -> None:
+    """One column: the configuration's numbers (metrics stacked: the columns are narrow)."""
+    classes = load_model(config.name).card.classes
     t = config.trace
     verdict = ""
     if picked.label is not None:
         verdict = " (right)" if t.prediction == picked.label else " (wrong)"
     st.metric("Prediction", f"{classes[t.prediction]}{verdict}", f"{100 * t.confidence:.1f}% probability",
               delta_color="off", delta_arrow="off")  # fmt: skip
-    a, b = st.columns(2)
-    a.metric(
+    st.metric(
         "Compute", f"{t.mflops:.1f} MFLOPs", f"{100 * t.fraction:.0f}% of full", delta_color="off", delta_arrow="off"
     )
-    b.metric("Latency", f"{config.latency_ms:.1f} ms", "batch 1, fastest of 5", delta_color="off", delta_arrow="off")
+    st.metric("Latency", f"{config.latency_ms:.1f} ms", "batch 1, fastest of 5", delta_color="off", delta_arrow="off")
     st.caption(" · ".join(config_lines(config, classes)[2:]))
-    picture = mechanism_picture(t, image, classes)
-    if isinstance(picture, Image.Image):
-        st.image(picture, width=MAP_SIDE)
-        return picture
-    st.plotly_chart(picture, key=f"cmp_picture{config.index}")
-    return image
+
+
+def render_pictures(configs: list[Config], image: Image.Image) -> list[Image.Image]:
+    """Each configuration's own picture, full width (charts) or side by side (maps over the
+    image). Returns one image per configuration for the PNG: its map, or the input itself."""
+    st.subheader("What each configuration computed")
+    pictures = {c.index: mechanism_picture(c.trace, image, load_model(c.name).card.classes) for c in configs}
+    maps = [c for c in configs if isinstance(pictures[c.index], Image.Image)]
+    for c in configs:
+        if c not in maps:
+            st.markdown(f"**{c.label}**: {knob_text(c.trace)}")
+            st.plotly_chart(pictures[c.index], key=f"cmp_picture{c.index}")
+    if maps:
+        for col, c in zip(st.columns(len(configs)), maps, strict=False):
+            col.image(pictures[c.index], caption=f"{c.label}: {decision_of(c.trace).text}", width=MAP_SIDE)
+    return [p if isinstance(p, Image.Image) else image for p in pictures.values()]
 
 
 def render_curves(configs: list[Config]) -> None:
@@ -246,13 +253,12 @@ def render_compare() -> None:
     for i, col in enumerate(columns):
         with col:
             chosen.append(render_config_controls(i))
-    image = square_thumbnail(picked.image, MAP_SIDE)
-    configs, pictures = [], []
+    configs = []
     for i, (col, (name, knobs)) in enumerate(zip(columns, chosen, strict=True)):
-        config = run_config(i, name, knobs, picked)
+        configs.append(run_config(i, name, knobs, picked))
         with col:
-            pictures.append(render_config(config, image, picked))
-        configs.append(config)
+            render_config(configs[-1], picked)
+    pictures = render_pictures(configs, square_thumbnail(picked.image, MAP_SIDE))
     render_curves(configs)
     render_exports(configs, pictures, picked)
 

@@ -21,7 +21,8 @@ TAXONOMY = {
         "(DynamicViT, EViT, ToMe) or compute only some pixels (SACT, DynConv).",
     ),
 }
-PAGE_OF = {"early_exit": "views/early_exits.py", "block_skip": "views/block_skip.py", "vit_tokens": "views/tokens.py"}
+PAGE_OF = {"early_exit": "views/early_exits.py", "block_skip": "views/block_skip.py", "vit_tokens": "views/tokens.py",
+           "pixel_mask": "views/pixels.py"}  # fmt: skip
 # a model whose mechanisms span two families also has a page in the other one
 ALSO_IN = {"graph": [("vit_tokens", "views/experts.py", "its mixture-of-experts layers")]}
 
@@ -58,3 +59,12 @@ for category, (title, text) in TAXONOMY.items():
                 st.markdown(f"- {summary}")
         for name, page, what in also:
             st.page_link(page, label=f"{model_class(name).title}: {what}", icon=":material/arrow_forward:")
+
+with st.container(border=True):
+    st.subheader("Side by side")
+    st.markdown(
+        "Put strategies next to each other on one image, at one compute budget, or run any of them over the "
+        "frames of a video."
+    )
+    st.page_link("views/compare.py", label="Compare strategies", icon=":material/arrow_forward:")
+    st.page_link("views/video.py", label="Video: dynamic inference frame by frame", icon=":material/arrow_forward:")

@@ -87,7 +87,7 @@ def render_summary(video: Video, results: list[FrameResult], name: str) -> None:
         delta_color="off",
         delta_arrow="off",
     )
-    c.metric("MFLOPs spent", f"{spent:,.0f}", f"{100 * spent / static:.0f}% of the static network on every frame",
+    c.metric("MFLOPs spent", f"{spent:,.0f}", f"{100 * spent / static:.0f}% of static on every frame",
              delta_color="off", delta_arrow="off")  # fmt: skip
     latency = np.mean([r.trace.latency_ms for r in computed])
     d.metric("Mean latency per run", f"{latency:.1f} ms", "batch 1, one run each", delta_color="off", delta_arrow="off")
@@ -99,7 +99,7 @@ def render_frame(video: Video, results: list[FrameResult], index: int, name: str
     classes = model.card.classes
     frame, result = video.frames[index], results[index]
     trace = result.trace
-    left, middle, right = st.columns([1.2, 1, 1.6], gap="large")
+    left, middle, right = st.columns([1, 1.2, 1.6], gap="large")
     left.image(frame.image, caption=f"frame at {frame.time_s:.2f} s", width="stretch")
     image = square_thumbnail(frame.image, MAP_SIDE)
     with middle:

@@ -16,6 +16,7 @@ EARLY_EXITS = "views/early_exits.py"
 BLOCK_SKIP = "views/block_skip.py"
 TOKENS = "views/tokens.py"
 EXPERTS = "views/experts.py"
+PIXELS = "views/pixels.py"
 COMPARE = "views/compare.py"
 VIDEO = "views/video.py"
 
@@ -248,3 +249,29 @@ def test_bad_video_shows_a_message_and_the_next_video_works(name, data, message)
     assert not at.exception and any(message in e.value for e in at.error), [e.value for e in at.error]
     at.get("file_uploader")[0].set_value(("clip.gif", make_video(seconds=1.0, fmt="gif"), "image/gif")).run()
     assert not at.exception and not at.error and metric(at, "Frames sampled") == "2"
+
+
+def test_pixels_page_masks_compute_and_attribution():
+    at = open_page(PIXELS)
+    assert at.title[0].value == "Pixels"
+    assert metric(at, "Compute").endswith("MFLOPs") and metric(at, "Latency").endswith("ms")
+    assert "test set" in " ".join(s.value for s in at.subheader) and not at.warning and not at.error
+    default = float(metric(at, "Compute").split()[0])
+    slider(at, "Mask threshold").set_value(0.95).run()
+    assert float(metric(at, "Compute").split()[0]) < default
+    at.toggle(key="knob:pixel_mask:dense").set_value(True).run()
+    assert metric(at, "Conv FLOPs run") == "100%"
+    assert not any(c.value.startswith("Overlap") for c in at.caption)  # a dense run has no second row
+
+
+def test_attribution_panel_slow_methods_and_other_models():
+    at = open_page(PIXELS)
+    agreement = [c.value for c in at.caption if "by chance" in c.value]
+    assert len(agreement) == 2  # Grad-CAM and saliency against the masks
+    at.button(key="attr_slow:pixel_mask").click().run()
+    assert not at.exception
+    assert len([c.value for c in at.caption if "by chance" in c.value]) == 4
+    at.selectbox(key="attribution:model").set_value("early_exit").run()
+    assert not at.exception
+    rows = [m.value for m in at.markdown if m.value.startswith("**This run**") or m.value.startswith("**Static")]
+    assert rows[0].startswith("**This run**: exit") and "the last" in rows[1]

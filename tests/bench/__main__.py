@@ -157,7 +157,7 @@ def video_pipeline(seconds: float = 10.0, size: tuple[int, int] = (640, 360), fp
     from components.video import read_frames
     from tests.support import make_video
 
-    data = make_video(seconds=seconds, fps=30, size=size)
+    data = make_video(seconds=seconds, fps=30, size=size, noise=24)
     torch.set_grad_enabled(False)
     model = models.get("early_exit")
     model.trace(torch.zeros(1, 3, 32, 32))  # warm-up, as the app's model cache does
@@ -170,7 +170,7 @@ def video_pipeline(seconds: float = 10.0, size: tuple[int, int] = (640, 360), fp
     ]
     done = time.perf_counter()
     return {
-        "clip": f"{seconds:g} s, {size[0]}x{size[1]}, 30 fps, {len(data) / 1e6:.2f} MB mpeg4",
+        "clip": f"{seconds:g} s, {size[0]}x{size[1]}, 30 fps, film grain, {len(data) / 1e6:.2f} MB mpeg4",
         "frames_sampled": len(video.frames),
         "decode_s": decoded - start,
         "inference_s": done - decoded,

@@ -47,6 +47,7 @@ def wait_for_metric_change(page, label: str, before: str) -> str:
         ("block_skip", "Gate threshold"),
         ("tokens", "Keep ratio (prune)"),
         ("experts", "Experts per token (k)"),
+        ("pixels", "Mask threshold"),
     ],
 )
 def test_upload_move_threshold_see_compute_change(app_url, browser, photos, path, slider):

@@ -1,0 +1,104 @@
+"""The attribution panel: captum maps of what a run computed, beside the model's own picture.
+
+Grad-CAM and saliency follow every knob move; integrated gradients and occlusion wait for a
+button (tens to hundreds of forward passes) and are then cached per image and setting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import streamlit as st
+import torch
+from PIL import Image
+
+from app import state
+from app.inputs import InputImage
+from app.models_cache import load_model
+from components.overlays import make_heat_overlay
+from models.attribution import LIVE, METHODS, agreement, attribute, top_share
+from models.core import Trace
+
+SLOW = tuple(m for m in METHODS if m not in LIVE)
+SHARE = 0.2  # the top share of attributed pixels the agreement numbers use
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def attribution_map(
+    name: str, key: str, knobs: tuple[tuple[str, Any], ...], method: str, static: bool, _x: torch.Tensor, _trace: Trace
+) -> np.ndarray:
+    """One method's ``(H, W)`` map of one run (or the static network), keyed by image and knobs."""
+    return attribute(load_model(name), _x, _trace, method, static=static)
+
+
+def overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two maps' top ``SHARE`` of pixels."""
+    ta, tb = top_share(a, SHARE), top_share(b, SHARE)
+    return float((ta & tb).sum() / (ta | tb).sum())
+
+
+def rows_of(trace: Trace, model_full_flops: int) -> list[bool]:
+    """Explain the run, and the static network beside it when the run was dynamic."""
+    return [False, True] if trace.flops != model_full_flops else [False]
+
+
+def render_attribution_panel(
+    trace: Trace, x: torch.Tensor, picked: InputImage, image: Image.Image, *, compute_map: Image.Image | None = None
+) -> None:
+    """Maps of the run (and of the static network when the run was dynamic) for ``trace``'s
+    predicted class; with ``compute_map`` (pixel masks) it leads the row, and each map's
+    agreement with the masks is measured."""
+    model = load_model(trace.model)
+    classes = model.card.classes
+    knobs = tuple(sorted(trace.knobs.items()))
+    slow_key = (trace.model, picked.key, knobs)
+    asked = slow_key in st.session_state.setdefault(state.ATTRIBUTION_SLOW, set())
+    methods = [*LIVE, *(SLOW if asked else ())]
+    st.caption(
+        f"Every map explains the class **{classes[trace.prediction]}** (this run's prediction), scaled to its own "
+        "maximum; brighter = more attributed."
+    )
+    rows = rows_of(trace, model.full_flops)
+    maps = {
+        (static, m): attribution_map(trace.model, picked.key, knobs, m, static, x, trace)
+        for static in rows
+        for m in LIVE
+    }
+    if asked:
+        bar = st.progress(0.0, text="Integrated gradients and occlusion...")
+        for n, (static, method) in enumerate((s, m) for s in rows for m in SLOW):
+            maps[static, method] = attribution_map(trace.model, picked.key, knobs, method, static, x, trace)
+            bar.progress((n + 1) / (len(rows) * len(SLOW)), text=f"{METHODS[method]} done")
+        bar.empty()
+    masks = trace.extras.get("masks")
+    for static in rows:
+        st.markdown(
+            f"**{'Static network' if static else 'This run'}**: {model.explained_forward(trace, static=static).what}"
+        )
+        cols = st.columns(len(methods) + (compute_map is not None))
+        if compute_map is not None:
+            if static:
+                cols[0].caption("Dense: every block computes every pixel.")
+            else:
+                cols[0].image(compute_map, caption="compute map: blocks that computed each pixel", width="stretch")
+            cols = cols[1:]
+        for col, method in zip(cols, methods, strict=True):
+            col.image(
+                make_heat_overlay(image, maps[static, method], vmax=1.0), caption=METHODS[method], width="stretch"
+            )
+            if compute_map is not None and not static and masks and all(m is not None for m in masks):
+                agree = agreement(maps[static, method], masks, share=SHARE)
+                col.caption(f"{100 * agree.inside:.0f}% of its top {100 * SHARE:.0f}% pixels computed by the average "
+                            f"block ({100 * agree.chance:.0f}% by chance)")  # fmt: skip
+    if len(rows) == 2:
+        parts = [f"{METHODS[m]} {100 * overlap(maps[False, m], maps[True, m]):.0f}%" for m in methods]
+        st.caption(
+            f"Overlap (IoU) of the top {100 * SHARE:.0f}% pixels, this run vs the static network: " + ", ".join(parts)
+        )
+    if not asked:
+        st.button(
+            "Compute integrated gradients and occlusion", key=f"attr_slow:{trace.model}",
+            on_click=lambda: st.session_state[state.ATTRIBUTION_SLOW].add(slow_key),
+            help=f"{len(rows) * 2} slower attributions (tens to hundreds of forward passes each), cached for this image.",
+        )  # fmt: skip
