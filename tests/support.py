@@ -81,6 +81,14 @@ def threshold_slider(page, label: str = "Confidence threshold"):
     return page.locator('[data-testid="stSlider"]').filter(has_text=label).get_by_role("slider")
 
 
+VIDEO_CODECS = {  # container -> (encoder, pixel format), all in PyAV's bundled FFmpeg
+    "mp4": ("mpeg4", "yuv420p"),
+    "mov": ("mpeg4", "yuv420p"),
+    "webm": ("libvpx-vp9", "yuv420p"),
+    "gif": ("gif", "rgb8"),
+}
+
+
 def make_video(
     *,
     seconds: float = 2.0,
@@ -92,7 +100,7 @@ def make_video(
 ) -> bytes:
     """A small synthetic clip encoded with PyAV: a bright square sliding over a gradient. From
     ``still_from`` seconds on the picture stops moving (frames for the reuse knob to skip).
-    ``fmt``: ``mp4`` (MPEG-4 part 2), ``webm`` (VP9) or ``gif``. ``noise``: the amplitude of
+    ``fmt``: ``mp4`` or ``mov`` (MPEG-4 part 2), ``webm`` (VP9) or ``gif``. ``noise``: the amplitude of
     fresh random grain on every frame, which makes the clip as costly to decode as camera
     footage (a clean synthetic clip compresses to almost nothing)."""
     import io
@@ -100,7 +108,7 @@ def make_video(
     import av
     import numpy as np
 
-    codec, pix_fmt = {"mp4": ("mpeg4", "yuv420p"), "webm": ("libvpx-vp9", "yuv420p"), "gif": ("gif", "rgb8")}[fmt]
+    codec, pix_fmt = VIDEO_CODECS[fmt]
     w, h = size
     buf = io.BytesIO()
     with av.open(buf, mode="w", format=fmt) as container:

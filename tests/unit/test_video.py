@@ -35,8 +35,8 @@ def test_large_frames_are_scaled_down_as_they_are_decoded():
     assert max(video.frames[0].image.size) == MAX_SIDE and (video.width, video.height) == (640, 360)
 
 
-@pytest.mark.parametrize("fmt", ["gif", "webm"])
-def test_animated_gif_and_webm_decode(fmt):
+@pytest.mark.parametrize("fmt", ["gif", "webm", "mov"])
+def test_animated_gif_webm_and_mov_decode(fmt):
     video = read_frames(make_video(seconds=1.0, fps=10, fmt=fmt), fps=4.0, max_frames=10)
     assert len(video.frames) == 4
 
