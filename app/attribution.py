@@ -81,7 +81,8 @@ def render_attribution_panel(
             if static:
                 cols[0].caption("Dense: every block computes every pixel.")
             else:
-                cols[0].image(compute_map, caption="compute map: blocks that computed each pixel", width="stretch")
+                caption = "compute map: how many blocks computed each pixel (purple: none, yellow: all)"
+                cols[0].image(compute_map, caption=caption, width="stretch")
             cols = cols[1:]
         for col, method in zip(cols, methods, strict=True):
             col.image(

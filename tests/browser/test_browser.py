@@ -108,7 +108,7 @@ def test_video_upload_shows_timelines_and_the_scrubbed_frame(app_url, browser, t
     page.keyboard.press("End")
     runs = wait_for_metric_change(page, "Model runs", "6")
     assert int(runs) < 6
-    assert page.locator('[data-testid="stPlotlyChart"]').count() >= 1
+    page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=60_000)  # the timelines, redrawn
     assert page.locator('[data-testid="stException"]').count() == 0
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "video.png"), full_page=True)
