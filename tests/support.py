@@ -22,7 +22,12 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
-IDLE_JS = "() => document.querySelector('[data-testid=\"stApp\"]') && !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+# Streamlit marks its root with the script's state: "initial" before the first run has finished,
+# "running" during one, "notRunning" after (as Streamlit's own e2e suite waits on it)
+IDLE_JS = (
+    "() => document.querySelector('[data-testid=\"stApp\"][data-test-script-state=\"notRunning\"]')"
+    " && !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+)
 
 
 def free_port() -> int:

@@ -75,16 +75,16 @@ def test_upload_move_threshold_see_compute_change(app_url, browser, photos, path
 
 
 def test_compare_match_a_budget_and_export(app_url, browser):
+    from playwright.sync_api import expect  # retries until the page shows it (the columns fill in turn)
+
     page = browser.new_page(viewport={"width": 1500, "height": 2200})
     page.goto(f"{app_url}/compare")
     wait_idle(page)
-    page.locator('[data-testid="stMetricValue"]').first.wait_for(timeout=60_000)
     computes = page.locator('[data-testid="stMetric"]').filter(has_text="Compute")
-    assert computes.count() == 2
+    expect(computes).to_have_count(2, timeout=60_000)
     page.get_by_role("button", name="Match this budget").click()
-    page.get_by_text("Matched to the budget").first.wait_for(timeout=60_000)
+    expect(page.get_by_text("Matched to the budget")).to_have_count(2, timeout=60_000)
     wait_idle(page)
-    assert page.get_by_text("Matched to the budget").count() == 2
     with page.expect_download() as download:
         page.get_by_role("button", name="Download the comparison (PNG)").click()
     assert download.value.suggested_filename == "dynn-comparison.png"
