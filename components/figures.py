@@ -5,6 +5,7 @@ Colours are shared by every view: what ran, what did not, what fired.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -434,6 +435,8 @@ def make_video_timeline(
     )  # fmt: skip
     if current is not None:
         fig.add_vline(x=times[current], line={"color": FIRED, "width": 2, "dash": "dot"})
+    if decisions and all(float(d).is_integer() for d in decisions):  # exits, blocks, tokens: no ticks between counts
+        fig.update_yaxes(tickformat="d", dtick=max(1, math.ceil((max(decisions) - min(decisions)) / 6)), row=2, col=1)
     fig.update_xaxes(title="time in the video (s)", row=3, col=1)
     return _layout(fig, height=580).update_layout(margin_t=36)  # room for the first subplot's title
 

@@ -24,10 +24,8 @@ CHROMIUM_ARGS = [
 ]
 # Streamlit marks its root with the script's state: "initial" before the first run has finished,
 # "running" during one, "notRunning" after (as Streamlit's own e2e suite waits on it)
-IDLE_JS = (
-    "() => document.querySelector('[data-testid=\"stApp\"][data-test-script-state=\"notRunning\"]')"
-    " && !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-)
+IDLE_JS = """() => document.querySelector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+    && !document.querySelector('[data-testid="stStatusWidget"]')"""
 
 
 def free_port() -> int:

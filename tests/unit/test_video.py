@@ -110,3 +110,17 @@ def test_reuse_off_runs_every_frame():
     assert not any(r.reused for r in run_frames(thumbs, lambda i: fake_trace(1), reuse_below=0.0))
     assert frame_change(thumbs[0], thumbs[1]) == 0.0
     assert isinstance(run_frames(thumbs, lambda i: fake_trace(1))[0], FrameResult)
+
+
+@pytest.mark.parametrize(
+    ("decisions", "dtick"),
+    [([5, 5, 4, 6], 1), ([6, 3, 0, 12], 2), ([12.5, 40.0, 33.1, 0.0], None)],
+)
+def test_the_decision_timeline_ticks_whole_counts_only(decisions, dtick):
+    from components.figures import make_video_timeline
+
+    n = len(decisions)
+    fig = make_video_timeline(
+        [0.5 * i for i in range(n)], [100.0] * n, [False] * n, decisions, "exit that fired", ["cat"] * n, [0.9] * n
+    )
+    assert fig.layout.yaxis2.dtick == dtick
