@@ -164,6 +164,8 @@ def test_token_modes_and_keep_ratio_change_the_tokens_and_the_compute():
     assert static_tokens.split(" of ")[0] == static_tokens.split(" of ")[1]  # every token kept
     assert slider(at, "Keep ratio (prune)").disabled and slider(at, "Tokens merged per layer (merge)").disabled
     at.selectbox(key="knob:vit_tokens:mode").set_value("prune").run()
+    slider(at, "Keep ratio (prune)").set_value(1.0).run()  # sheds nothing: the static network's own run
+    assert next(m for m in at.metric if m.label == "Latency").delta.startswith("1.00x the full network")
     slider(at, "Keep ratio (prune)").set_value(0.3).run()
     pruned = float(metric(at, "Compute").split()[0])
     assert pruned < full and metric(at, "Tokens in the last block") != static_tokens
