@@ -28,18 +28,29 @@ LATENCY_REPEATS = 5
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def path_latency(name: str, key: str, path: Hashable, _x: torch.Tensor, _knobs: dict[str, Any]) -> tuple[Trace, float]:
-    """The real batch-1 trace and its latency (ms): the fastest of a few runs, as ``timeit``
-    advises, since a slower run measures whatever else the machine was doing (on a page load,
-    the browser drawing the page on the same cores), not the model.
+def path_latency(
+    name: str, key: str, path: Hashable, _x: torch.Tensor, _knobs: dict[str, Any]
+) -> tuple[Trace, float, float]:
+    """The real batch-1 trace, its latency (ms) and the static network's latency on the same
+    image, each the fastest of a few runs, as ``timeit`` advises: a slower run measures
+    whatever else the machine was doing (on a page load, the browser drawing the page on the
+    same cores), not the model. The two are measured in turn, run for run, so that their ratio
+    holds even while that load comes and goes; the static network's own path is one
+    measurement, so it is never "slower than itself".
 
     Keyed by the image and the ``path`` the page expects the knobs to take (the exit that
     fires, the blocks that run), not by the knob values: every value taking the same path runs
     the same computation, so a slider move costs at most one measurement per path.
     """
     model = load_model(name)
-    runs = [model.trace(_x, **_knobs) for _ in range(LATENCY_REPEATS)]
-    return runs[0], min(t.latency_ms for t in runs)
+    static = model.runs_static(**_knobs)
+    runs, static_ms = [], []
+    for _ in range(LATENCY_REPEATS):
+        runs.append(model.trace(_x, **_knobs))
+        if not static:
+            static_ms.append(model.trace(_x, **model.static_knobs).latency_ms)
+    latency = min(t.latency_ms for t in runs)
+    return runs[0], latency, min(static_ms) if static_ms else latency
 
 
 def nearest_point(points: list[dict[str, Any]], value: float) -> dict[str, Any]:

@@ -233,6 +233,12 @@ class DynamicModel(nn.Module):
             raise ValueError(f"unknown knobs for {self.name}: {sorted(unknown)}")
         return {k.key: k.validate(knobs.get(k.key, self.default_knob(k))) for k in self.knobs}
 
+    def runs_static(self, **knobs: Any) -> bool:
+        """Whether these knobs run the static network: every knob that ``static_knobs`` names
+        has its static value (the others then change nothing)."""
+        values = self.knob_values(**knobs)
+        return all(values[k] == v for k, v in self.static_knobs.items())
+
     def default_knob(self, knob: Knob) -> float | str:
         """The card's validated operating point when there is one, else the knob's default."""
         return self.card.meta.get("default_knobs", {}).get(knob.key, knob.default)

@@ -725,6 +725,14 @@ class TokenExpertViT(DynamicModel):
 
     # --- batch-1 trace -----------------------------------------------------------------------
 
+    def runs_static(self, **knobs: Any) -> bool:
+        """The static network also runs when a keep ratio or merge count sheds no token (a keep
+        ratio of 0.97 keeps all 64 patches), and the knobs the mode does not use change nothing."""
+        policy = Policy.from_knobs(self.knob_values(**knobs))
+        depth = len(self.blocks)
+        routing = (policy.top_k, policy.capacity) == (STATIC.top_k, STATIC.capacity)
+        return routing and token_counts(policy, depth) == token_counts(STATIC, depth)
+
     @torch.inference_mode()
     def trace(self, x: torch.Tensor, **knobs: Any) -> Trace:
         """Batch-1 dynamic inference: pruned and merged tokens are gone from later layers, idle

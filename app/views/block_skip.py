@@ -39,10 +39,10 @@ def gated_trace(name: str, key: str, threshold: float, _x: torch.Tensor) -> Trac
     return load_model(name).trace(_x, threshold=threshold)
 
 
-def latency_of(trace: Trace, key: str, x: torch.Tensor) -> float:
+def latency_of(trace: Trace, key: str, x: torch.Tensor) -> tuple[float, float]:
     """Latency of the real batch-1 run, measured once per path (blocks run, gates on)."""
     gates_on = any(p is not None for p in trace.extras["gate_probs"])
-    return path_latency(trace.model, key, (tuple(trace.extras["executed"]), gates_on), x, trace.knobs)[1]
+    return path_latency(trace.model, key, (tuple(trace.extras["executed"]), gates_on), x, trace.knobs)[1:]
 
 
 def render_test_images(title: str, rows: list[dict[str, Any]], classes: tuple[str, ...]) -> None:
@@ -115,9 +115,8 @@ def render_gated_run(picked: Any, x: torch.Tensor) -> None:
         render_seen_image(picked, model.input_size)
     with top_right:
         render_prediction(trace, picked, classes, ("Blocks run", f"{sum(executed)} of {len(executed)}"))
-        render_cost_metrics(
-            trace, latency_ms=latency_of(trace, picked.key, x), full_latency_ms=latency_of(static, picked.key, x)
-        )
+        latency, full_latency = latency_of(trace, picked.key, x)
+        render_cost_metrics(trace, latency_ms=latency, full_latency_ms=full_latency)
         if trace.prediction != static.prediction:
             st.caption(f"With every block on, the network would say **{classes[static.prediction]}**.")
     st.plotly_chart(make_block_path(trace), key="bs_path")

@@ -45,11 +45,12 @@ def expert_trace(name: str, key: str, top_k: int, capacity: float, _x: torch.Ten
     return load_model(name).trace(_x, mode="none", top_k=top_k, capacity=capacity)
 
 
-def run(picked: InputImage, x: torch.Tensor, top_k: int, capacity: float) -> tuple[Trace, float]:
-    """The trace and its latency, measured once per routing outcome (experts called, choices served)."""
+def run(picked: InputImage, x: torch.Tensor, top_k: int, capacity: float) -> tuple[Trace, float, float]:
+    """The trace, its latency and the static network's, measured once per routing outcome
+    (experts called, choices served)."""
     trace = expert_trace(MODEL, picked.key, top_k, capacity, x)
     path = tuple((tuple(r["load"]), r["dropped_choices"]) for r in trace.extras["moe"])
-    return trace, path_latency(MODEL, picked.key, (top_k, path), x, trace.knobs)[1]
+    return trace, *path_latency(MODEL, picked.key, (top_k, path), x, trace.knobs)[1:]
 
 
 def layer_names(trace: Trace) -> list[str]:
@@ -157,8 +158,8 @@ def render_expert_run(picked: InputImage, x: torch.Tensor) -> None:
             with col:
                 values |= render_knobs((knob,), defaults, key_of=lambda key: state.knob_key(MODEL, key))
     top_k, capacity = round(values["top_k"]), float(values["capacity"])
-    trace, latency = run(picked, x, top_k, capacity)
-    static, static_latency = run(picked, x, model.static_knobs["top_k"], model.static_knobs["capacity"])
+    trace, latency, static_latency = run(picked, x, top_k, capacity)
+    static = expert_trace(MODEL, picked.key, model.static_knobs["top_k"], model.static_knobs["capacity"], x)
     moe = trace.extras["moe"]
     with top_left:
         render_seen_image(picked, model.input_size)

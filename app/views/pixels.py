@@ -48,11 +48,11 @@ def default_trace(name: str, key: str, _x: torch.Tensor) -> Trace:
     return load_model(name).trace(_x)
 
 
-def latency_of(trace: Trace, key: str, x: torch.Tensor) -> float:
-    """Latency of the real run, measured once per set of masks."""
+def latency_of(trace: Trace, key: str, x: torch.Tensor) -> tuple[float, float]:
+    """Latency of the real run and of the dense network, measured once per set of masks."""
     masks = trace.extras["masks"]
     path = tuple(b"" if m is None else np.packbits(m).tobytes() for m in masks)
-    return path_latency(trace.model, key, path, x, trace.knobs)[1]
+    return path_latency(trace.model, key, path, x, trace.knobs)[1:]
 
 
 def render_masks(trace: Trace, image: Image.Image) -> None:
@@ -156,9 +156,8 @@ def render_masked_run(picked: InputImage, x: torch.Tensor) -> None:
         render_seen_image(picked, model.input_size)
     with top_right:
         render_prediction(trace, picked, classes, ("Conv FLOPs run", f"{100 * share:.0f}%"))
-        render_cost_metrics(
-            trace, latency_ms=latency_of(trace, picked.key, x), full_latency_ms=latency_of(static, picked.key, x)
-        )
+        latency, full_latency = latency_of(trace, picked.key, x)
+        render_cost_metrics(trace, latency_ms=latency, full_latency_ms=full_latency)
         st.caption(
             "Conv FLOPs run: the share of the masked blocks' dense convolution FLOPs. Executed sparsely (gather, "
             "compute, scatter): these FLOPs ran, and the latency is measured."

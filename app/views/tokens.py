@@ -37,10 +37,10 @@ def token_trace(name: str, key: str, knobs: tuple[tuple[str, Any], ...], _x: tor
     return load_model(name).trace(_x, **dict(knobs))
 
 
-def run(picked: InputImage, x: torch.Tensor, mode: str, value: float | None = None) -> tuple[Trace, float]:
-    """The trace of one token setting and its latency, measured once per token path. Only the
-    knob the mode uses goes into the cache key, so the page's own setting and the same setting
-    in the prune-vs-merge comparison share one forward pass."""
+def run(picked: InputImage, x: torch.Tensor, mode: str, value: float | None = None) -> tuple[Trace, float, float]:
+    """The trace of one token setting, its latency and the static network's, measured once per
+    token path. Only the knob the mode uses goes into the cache key, so the page's own setting
+    and the same setting in the prune-vs-merge comparison share one forward pass."""
     knobs: dict[str, Any] = {"mode": mode}
     if mode == "prune":
         knobs["keep_ratio"] = float(value)
@@ -51,7 +51,7 @@ def run(picked: InputImage, x: torch.Tensor, mode: str, value: float | None = No
     # a setting that sheds no token (keep ratio 1, nothing merged) runs the static network's
     # computation: one measurement, so the page never shows the full network "slower than itself"
     path = (trace.knobs["mode"] if len(set(counts)) > 1 else "none", counts)
-    return trace, path_latency(MODEL, picked.key, path, x, trace.knobs)[1]
+    return trace, *path_latency(MODEL, picked.key, path, x, trace.knobs)[1:]
 
 
 def token_maps(trace: Trace, image: Image.Image) -> list[tuple[Image.Image, str]]:
@@ -97,7 +97,7 @@ def render_budget_comparison(
     traces = {}
     for col, mode in zip(st.columns(2, gap="large"), ("prune", "merge"), strict=True):
         point = matched[mode]
-        trace, latency = run(picked, x, mode, point["value"])
+        trace, latency, _ = run(picked, x, mode, point["value"])
         traces[f"{CURVE_OF[mode]}, {point['value']:g}"] = trace
         with col:
             knob = "keep ratio" if mode == "prune" else "merged per layer"
@@ -174,8 +174,8 @@ def render_token_run(picked: InputImage, x: torch.Tensor) -> None:
             keep = render_knobs((knob["keep_ratio"],), defaults, key_of=key_of, disabled=mode != "prune")["keep_ratio"]
         with cols[1]:
             merge_r = render_knobs((knob["merge_r"],), defaults, key_of=key_of, disabled=mode != "merge")["merge_r"]
-    trace, latency = run(picked, x, mode, keep if mode == "prune" else merge_r)
-    static, static_latency = run(picked, x, "none")
+    trace, latency, static_latency = run(picked, x, mode, keep if mode == "prune" else merge_r)
+    static = token_trace(MODEL, picked.key, (("mode", "none"),), x)
     ex = trace.extras
     with top_left:
         render_seen_image(picked, model.input_size)

@@ -85,6 +85,22 @@ def test_static_setting_gives_static_cost_and_prediction(model):
         np.testing.assert_allclose(trace.probs, static, atol=1e-5)
 
 
+def test_what_a_model_calls_static_runs_the_static_network(model):
+    """``runs_static`` (the app measures a run's latency against the static network's unless
+    it is one) holds at the static setting, and only where a run costs and predicts exactly
+    what the static network does."""
+    assert model.runs_static(**model.static_knobs)
+    verdicts = set()
+    for x in sample_inputs(model, 2):
+        static = model.trace(x, **model.static_knobs)
+        for knobs in knob_settings(model, 6):
+            verdicts.add(model.runs_static(**knobs))
+            if model.runs_static(**knobs):
+                trace = model.trace(x, **knobs)
+                assert (trace.flops, trace.prediction) == (static.flops, static.prediction), knobs
+    assert verdicts == {True, False}
+
+
 def test_only_units_the_trace_says_ran_are_computed(model):
     for x in sample_inputs(model, 2):
         for knobs in knob_settings(model, 6):

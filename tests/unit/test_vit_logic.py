@@ -342,3 +342,22 @@ def test_class_share_splits_each_class_served_choices_over_its_experts():
     assert torch.allclose(share[0, 0], torch.tensor([4, 2, 1, 1], dtype=torch.float64) / 8)
     assert share[1].sum() == 0  # no image of class 1
     assert torch.equal(share[2, 0], torch.tensor([0, 0, 0, 1.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    ("knobs", "static"),
+    [
+        ({"mode": "none", "keep_ratio": 0.5, "merge_r": 8}, True),  # knobs the mode does not use
+        ({"mode": "prune", "keep_ratio": 0.97}, True),  # keeps all 64 patches: nothing to fuse
+        ({"mode": "prune", "keep_ratio": 0.9}, False),
+        ({"mode": "merge", "merge_r": 0}, True),
+        ({"mode": "merge", "merge_r": 1}, False),
+        ({"mode": "none", "top_k": 1}, False),
+        ({"mode": "none", "capacity": 1.0}, False),
+    ],
+)
+def test_runs_static_knows_settings_that_shed_nothing(model, knobs, static):
+    assert model.runs_static(**{"top_k": STATIC.top_k, "capacity": STATIC.capacity} | knobs) is static
+    if static:
+        x = image()
+        assert model.trace(x, **knobs).flops == model.trace(x, **model.static_knobs).flops
