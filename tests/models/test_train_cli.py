@@ -9,8 +9,9 @@ import pytest
 from safetensors.torch import load_file
 
 import models
+from models import train
 from models.evaluate import sha256
-from models.train import main
+from models.train import main, parse_args
 
 
 @pytest.mark.dataset
@@ -23,6 +24,7 @@ def test_a_short_run_writes_weights_and_a_complete_card(cifar_path, tmp_path):
     assert card["initialised_from"]["sha256"] == sha256(init)
     assert "gates.0" in card["new_modules_at_init"] and "stem" not in card["new_modules_at_init"]
     assert set(card["val_accuracy"]) == {"all_blocks", "threshold_0.5"}
+    assert card["training"]["bf16"] == train.bf16_native()
     fresh = models.model_class("block_skip")()
     assert set(load_file(str(tmp_path / "block_skip.safetensors"))) == set(fresh.state_dict())
 
@@ -30,3 +32,11 @@ def test_a_short_run_writes_weights_and_a_complete_card(cifar_path, tmp_path):
 def test_a_limited_run_may_not_replace_the_shipped_weights():
     with pytest.raises(SystemExit):
         main(["--model", "block_skip", "--epochs", "1", "--limit", "10"])
+
+
+@pytest.mark.parametrize(
+    ("native", "flag", "bf16"), [(True, [], True), (True, ["--no-bf16"], False), (False, [], False)]
+)
+def test_bf16_autocast_only_where_the_cpu_has_native_kernels(monkeypatch, tmp_path, native, flag, bf16):
+    monkeypatch.setattr(train, "bf16_native", lambda: native)
+    assert parse_args(["--model", "early_exit", "--out", str(tmp_path), *flag]).bf16 is bf16
