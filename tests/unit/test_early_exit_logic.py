@@ -79,3 +79,14 @@ def test_knobs_are_validated(model):
         model.trace(torch.zeros(1, 3, 32, 32), criterion="nope")
     with pytest.raises(ValueError):
         model.trace(torch.zeros(1, 3, 32, 32), temperature=2)
+
+
+def test_the_confidence_chart_draws_the_threshold_line_with_its_value():
+    from components.figures import make_exit_confidence
+
+    model = models.get("early_exit")
+    trace = model.redecide(model.trace_all(torch.zeros(1, 3, 32, 32)), threshold=0.7)
+    fig = make_exit_confidence(trace, 0.7, model.card.classes, "max softmax probability")
+    (line,) = fig.layout.shapes
+    assert (line.y0, line.y1, line.x0, line.x1, line.xref) == (0.7, 0.7, 0, 1, "x domain")
+    assert [a.text for a in fig.layout.annotations] == ["threshold 0.70"]
