@@ -163,11 +163,13 @@ def make_accuracy_curve(
                     textposition=["bottom right"] * (len(static) - 1) + ["bottom left"], name=f"{name}: static", hovertemplate="%{text}: %{x:.1f} MFLOPs, %{y:.2f}%<extra></extra>",
                 )
             )  # fmt: skip
-    for name, (mflops, acc) in (current or {}).items():
+    # several current points (Compare) often sit close together: their labels take turns around them
+    positions = ("top left", "bottom right", "top right", "bottom left")
+    for i, (name, (mflops, acc)) in enumerate((current or {}).items()):
         fig.add_trace(
             go.Scatter(
                 x=[mflops], y=[100 * acc], mode="markers+text" if label_current else "markers", name=f"{name}: now",
-                text=[name], textposition="top left",
+                text=[name], textposition=positions[i % len(positions)],
                 marker={"symbol": "star", "size": 18, "color": FIRED, "line": {"width": 1, "color": "black"}},
                 hovertemplate="current setting<br>%{x:.1f} MFLOPs, %{y:.2f}%<extra></extra>",
             )
