@@ -24,7 +24,7 @@ def model_input(name: str, key: str, _image: Image.Image) -> torch.Tensor:
     return to_model_input(_image, size=model.input_size, mean=model.mean, std=model.std)
 
 
-LATENCY_REPEATS = 5
+LATENCY_REPEATS = 3  # pairs of runs (the path, then the static network): the cost of 6 runs per new path
 
 
 @st.cache_data(max_entries=256, show_spinner=False)

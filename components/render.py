@@ -50,4 +50,5 @@ def render_cost_metrics(trace: Trace, *, latency_ms: float | None, full_latency_
             else None
         )
         b.metric("Latency", f"{latency_ms:.1f} ms", ratio, delta_color="off", delta_arrow="off",
-                 help="Wall time of the real batch-1 dynamic forward pass on this machine's CPU, fastest of 5 runs.")  # fmt: skip
+                 help="Wall time of the real batch-1 dynamic forward pass on this machine's CPU, fastest of 3 runs, "
+                 "each followed by a run of the full network for the ratio.")  # fmt: skip

@@ -11,7 +11,7 @@ import streamlit as st
 from PIL import Image
 
 from app import state
-from app.common import model_input, path_latency, render_page_header
+from app.common import LATENCY_REPEATS, model_input, path_latency, render_page_header
 from app.inputs import InputImage
 from app.models_cache import eval_table, load_model, table_matches_weights
 from components.export import Panel, make_comparison_png
@@ -163,7 +163,7 @@ def render_config(config: Config, picked: InputImage) -> None:
         "Compute", f"{t.mflops:.1f} MFLOPs", f"{100 * t.fraction:.0f}% of full", delta_color="off", delta_arrow="off"
     )
     st.metric("Latency", f"{config.latency_ms:.1f} ms", config.latency_ratio, delta_color="off", delta_arrow="off",
-              help="Batch 1, fastest of 5 runs, measured in turn with the model's full network on this image.")  # fmt: skip
+              help=f"Batch 1, fastest of {LATENCY_REPEATS} runs, measured in turn with the model's full network on this image.")  # fmt: skip
     st.caption(" · ".join(config_lines(config, classes)[2:]))
 
 
