@@ -11,7 +11,7 @@ from PIL import Image
 
 from app import state
 from app.inputs import InputImage, current_input
-from app.models_cache import eval_table, load_model, table_matches_weights
+from app.models_cache import eval_table, load_model, table_matches_weights, use_inference_threads
 from components.images import square_thumbnail, to_model_input
 from components.render import render_knobs
 from models.core import DynamicModel, Trace
@@ -42,6 +42,7 @@ def path_latency(
     fires, the blocks that run), not by the knob values: every value taking the same path runs
     the same computation, so a slider move costs at most one measurement per path.
     """
+    use_inference_threads()  # this script run's thread may be new: measure with the app's threads
     model = load_model(name)
     static = model.runs_static(**_knobs)
     runs, static_ms = [], []

@@ -7,8 +7,10 @@ and hands over to the page chosen in the navigation.
 import streamlit as st
 
 from app.inputs import render_input_sidebar
+from app.models_cache import use_inference_threads
 
 st.set_page_config(page_title="DyNN Explorer", page_icon=":material/hub:", layout="wide")
+use_inference_threads()
 
 PAGES = {
     "Overview": [st.Page("views/overview.py", title="Overview", icon=":material/home:", default=True)],

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from app import state
-from app.models_cache import load_model
+from app.models_cache import load_model, use_inference_threads
 from components.figures import make_video_timeline
 from components.images import square_thumbnail, to_model_input
 from components.pictures import decision_of, mechanism_picture
@@ -50,6 +50,7 @@ def frame_results(video: Video, video_key: tuple, name: str, knobs: dict[str, An
     cached = st.session_state.get(state.VIDEO_RESULTS)
     if cached is not None and cached[0] == key:
         return cached[1]
+    use_inference_threads()
     model = load_model(name)
     thumbs = [np.asarray(square_thumbnail(f.image, model.input_size)) for f in video.frames]
 

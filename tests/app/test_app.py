@@ -3,7 +3,11 @@ uploads (real photos and bad files) are handled."""
 
 from __future__ import annotations
 
+import os
+import threading
+
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 import models
@@ -42,6 +46,17 @@ def test_overview_lists_the_taxonomy_and_models():
     at = open_page()
     assert at.title[0].value == "DyNN Explorer"
     assert {"Output-adaptive", "Computation-graph-adaptive", "Input-adaptive"} <= {s.value for s in at.subheader}
+
+
+def test_the_app_leaves_half_the_cores_to_the_browser():
+    """Streamlit runs each script run in a thread of its own: the setting must hold there."""
+    from app.models_cache import INFERENCE_THREADS, use_inference_threads
+
+    seen = []
+    run = threading.Thread(target=lambda: (use_inference_threads(), seen.append(torch.get_num_threads())))
+    run.start()
+    run.join()
+    assert seen == [INFERENCE_THREADS] and max(1, (os.cpu_count() or 2) // 2) == INFERENCE_THREADS
 
 
 def test_early_exits_page_renders_for_the_default_example():
