@@ -10,6 +10,7 @@ ones are kept, each scaled down by FFmpeg before it becomes an image, and decodi
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -83,10 +84,15 @@ def read_frames(data: bytes, *, fps: float, max_frames: int, progress: Callable[
         if not container.streams.video:
             raise VideoError("The file has no video stream.")
         stream = container.streams.video[0]
+        if stream.codec_context is None:  # the container opened, but FFmpeg has no decoder for its codec
+            raise VideoError("FFmpeg cannot decode this video's codec.")
         stream.thread_type = "AUTO"
+        # the header's size is not a promise: FFmpeg refuses any later frame above the bound too,
+        # before it allocates it
+        stream.codec_context.options = {"max_pixels": str(MAX_PIXELS)}
         width, height = stream.codec_context.width, stream.codec_context.height
         if width * height > MAX_PIXELS:
-            raise VideoError(f"Frames of {width}x{height} pixels are too large (at most {MAX_PIXELS:,} pixels).")
+            raise VideoError(too_large(width, height))
         duration = _duration(container, stream)
         frames, notes = _sample(container, stream, fps, max_frames, duration, progress)
     if not frames:
@@ -96,6 +102,16 @@ def read_frames(data: bytes, *, fps: float, max_frames: int, progress: Callable[
             f"Only the first {frames[-1].time_s:.1f} s of {duration:.1f} s were sampled ({max_frames} frames)."
         )
     return Video(tuple(frames), width, height, stream.codec_context.name, duration, tuple(notes))
+
+
+def next_sample_time(t: float, fps: float) -> float:
+    """The first point of the ``1 / fps`` grid after a frame kept at ``t``: a clip that starts
+    late or pauses keeps its grid instead of sampling the next frame again."""
+    return (math.floor(t * fps + 1e-6) + 1) / fps
+
+
+def too_large(width: int, height: int) -> str:
+    return f"Frames of {width}x{height} pixels are too large (at most {MAX_PIXELS:,} pixels)."
 
 
 def _sample(
@@ -116,13 +132,19 @@ def _sample(
             decoded += 1
             if t + 1e-6 < next_time:
                 continue
+            if frame.width * frame.height > MAX_PIXELS:
+                raise VideoError(too_large(frame.width, frame.height))
             size = _scaled(frame.width, frame.height)
             frames.append(Frame(float(t), frame.to_image(width=size[0], height=size[1]).convert("RGB")))
-            next_time = max(next_time + 1 / fps, t)
+            next_time = next_sample_time(t, fps)
             if progress is not None:
                 progress(min(1.0, t / duration) if duration else len(frames) / max_frames)
             if len(frames) >= max_frames:
                 break
+    except VideoError:
+        raise
+    except av.error.ArgumentError as err:  # FFmpeg refused a frame above max_pixels before decoding it
+        raise VideoError(f"A frame is larger than {MAX_PIXELS:,} pixels allows.") from err
     except Exception as err:  # damaged packets: keep what decoded so far
         notes.append(f"Decoding stopped after {decoded} frames: the data is damaged ({err.__class__.__name__}).")
     return frames, notes

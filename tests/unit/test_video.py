@@ -124,3 +124,44 @@ def test_the_decision_timeline_ticks_whole_counts_only(decisions, dtick):
         [0.5 * i for i in range(n)], [100.0] * n, [False] * n, decisions, "exit that fired", ["cat"] * n, [0.9] * n
     )
     assert fig.layout.yaxis2.dtick == dtick
+
+
+def test_a_codec_ffmpeg_cannot_decode_gets_a_message_not_a_crash():
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="avi") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for _ in range(3):
+            frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = buf.getvalue()
+    assert b"FMP4" in data
+    with pytest.raises(VideoError, match="cannot decode this video's codec"):
+        read_frames(data.replace(b"FMP4", b"ZZZZ"), fps=2.0, max_frames=10)
+
+
+def test_a_frame_larger_than_the_header_said_is_refused(monkeypatch):
+    """Frames of an image stream may each have their own size: the bound holds for every one."""
+    from PIL import Image
+
+    import components.video
+
+    monkeypatch.setattr(components.video, "MAX_PIXELS", 100 * 100)
+    jpegs = b""
+    for side in (64, 200):
+        out = io.BytesIO()
+        Image.new("RGB", (side, side), (200, 100, 50)).save(out, format="JPEG")
+        jpegs += out.getvalue()
+    with pytest.raises(VideoError, match=r"larger than|too large"):
+        read_frames(jpegs, fps=100.0, max_frames=10)
+
+
+def test_sampling_keeps_its_grid_after_a_late_start_or_a_pause():
+    from components.video import next_sample_time
+
+    assert next_sample_time(0.0, 2.0) == 0.5 and next_sample_time(0.5, 2.0) == 1.0
+    assert next_sample_time(3.0, 2.0) == 3.5  # a clip starting at 3 s: 3.1 is not sampled next
+    assert next_sample_time(3.1, 2.0) == 3.5 and next_sample_time(0.3, 5.0) == pytest.approx(0.4)
