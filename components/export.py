@@ -11,11 +11,7 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display: draw to memory
-
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 from PIL import Image
 
 from models.core import Trace
@@ -37,7 +33,10 @@ class Panel:
 def make_comparison_png(panels: Sequence[Panel], *, dpi: int = 110) -> bytes:
     """One column per panel: title, picture, numbers, and executed vs static MFLOPs per unit."""
     n = len(panels)
-    fig, axes = plt.subplots(3, n, figsize=(4.2 * n, 9.5), gridspec_kw={"height_ratios": [3.2, 1.2, 3]}, squeeze=False)
+    # a Figure of its own, not pyplot's: pyplot's global figure manager is not safe across the
+    # threads Streamlit runs sessions in
+    fig = Figure(figsize=(4.2 * n, 9.5))
+    axes = fig.subplots(3, n, gridspec_kw={"height_ratios": [3.2, 1.2, 3]}, squeeze=False)
     for col, panel in enumerate(panels):
         top, text, bars = axes[0, col], axes[1, col], axes[2, col]
         top.imshow(panel.image)
@@ -57,5 +56,4 @@ def make_comparison_png(panels: Sequence[Panel], *, dpi: int = 110) -> bytes:
     fig.tight_layout()
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=dpi)
-    plt.close(fig)
     return out.getvalue()

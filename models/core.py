@@ -165,6 +165,11 @@ class Curve:
         """The measured point closest to ``knobs``' value of the swept knob."""
         return min(self.points, key=lambda p: abs(p["value"] - float(knobs[self.knob])))
 
+    def measured_at(self, knobs: dict[str, Any], *, tolerance: float) -> dict[str, Any] | None:
+        """The measured point at ``knobs``' value of the swept knob (within ``tolerance``), or None."""
+        point = self.nearest(knobs)
+        return point if abs(point["value"] - float(knobs[self.knob])) <= tolerance + 1e-9 else None
+
     def within_budget(self, mflops: float) -> tuple[dict[str, Any], bool]:
         """The point whose test-set mean compute is closest to ``mflops`` without exceeding it,
         and True; the cheapest point and False when none fits."""

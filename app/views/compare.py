@@ -124,7 +124,10 @@ def run_config(i: int, name: str, knobs: dict[str, Any], picked: InputImage) -> 
     trace, latency, full_latency = path_latency(name, picked.key, tuple(sorted(knobs.items())), x, knobs)
     table = table_of(name)
     curve = model.curve_of(table, trace.knobs) if table else None
-    point = curve.nearest(trace.knobs) if curve else None
+    # only a point measured at these knobs (within half a slider step): the nearest one may be
+    # another setting (the merge curve is measured at even merge counts only)
+    step = next(k.step for k in model.knobs if curve and k.key == curve.knob) if curve else 0.0
+    point = curve.measured_at(trace.knobs, tolerance=step / 2) if curve else None
     return Config(i, name, trace, latency, full_latency, curve, point)
 
 
@@ -234,10 +237,11 @@ def render_exports(configs: list[Config], pictures: list[Image.Image], picked: I
         classes = load_model(c.name).card.classes
         panels.append(Panel(f"{c.label}\n{knob_text(c.trace)}", tuple(config_lines(c, classes)), picture, c.trace))
     left, right = st.columns(2)
-    left.download_button("Download the comparison (PNG)", make_comparison_png(panels), "dynn-comparison.png",
-                         mime="image/png", icon=":material/image:")  # fmt: skip
-    right.download_button("Download the traces (JSON)", export_json(configs, picked), "dynn-traces.json",
-                          mime="application/json", icon=":material/data_object:")  # fmt: skip
+    # drawn when clicked (the PNG takes about a second), and a click does not rerun the page
+    left.download_button("Download the comparison (PNG)", lambda: make_comparison_png(panels), "dynn-comparison.png",
+                         mime="image/png", icon=":material/image:", on_click="ignore")  # fmt: skip
+    right.download_button("Download the traces (JSON)", lambda: export_json(configs, picked), "dynn-traces.json",
+                          mime="application/json", icon=":material/data_object:", on_click="ignore")  # fmt: skip
 
 
 def render_compare() -> None:

@@ -79,3 +79,6 @@ def test_a_curve_matches_its_knobs_and_meets_a_budget_from_below():
         "other": 1,
     }
     assert curve.nearest({"keep": 0.45}) == points[1]
+    # Compare shows a test-set point only when it was measured at the knob (within half a step)
+    assert curve.measured_at({"keep": 0.5}, tolerance=0.025) == points[1]
+    assert curve.measured_at({"keep": 0.45}, tolerance=0.025) is None
