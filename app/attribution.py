@@ -35,7 +35,12 @@ def attribution_map(
 def overlap(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two maps' top ``SHARE`` of pixels."""
     ta, tb = top_share(a, SHARE), top_share(b, SHARE)
-    return float((ta & tb).sum() / (ta | tb).sum())
+    union = (ta | tb).sum()
+    return float((ta & tb).sum() / union) if union else float("nan")
+
+
+def percent(value: float) -> str:
+    return "n/a (no pixel attributed)" if np.isnan(value) else f"{100 * value:.0f}%"
 
 
 def rows_of(trace: Trace, model_full_flops: int) -> list[bool]:
@@ -90,10 +95,10 @@ def render_attribution_panel(
             )
             if compute_map is not None and not static and masks and all(m is not None for m in masks):
                 agree = agreement(maps[static, method], masks, share=SHARE)
-                col.caption(f"{100 * agree.inside:.0f}% of its top {100 * SHARE:.0f}% pixels computed by the average "
+                col.caption(f"{percent(agree.inside)} of its top {100 * SHARE:.0f}% pixels computed by the average "
                             f"block ({100 * agree.chance:.0f}% by chance)")  # fmt: skip
     if len(rows) == 2:
-        parts = [f"{METHODS[m]} {100 * overlap(maps[False, m], maps[True, m]):.0f}%" for m in methods]
+        parts = [f"{METHODS[m]} {percent(overlap(maps[False, m], maps[True, m]))}" for m in methods]
         st.caption(
             f"Overlap (IoU) of the top {100 * SHARE:.0f}% pixels, this run vs the static network: " + ", ".join(parts)
         )

@@ -86,9 +86,11 @@ def normalise(values: np.ndarray) -> np.ndarray:
 
 
 def top_share(values: np.ndarray, share: float = 0.2) -> np.ndarray:
-    """Bool ``(H, W)``: the ``share`` of pixels with the highest values (ties broken by order)."""
+    """Bool ``(H, W)``: the ``share`` of pixels with the highest values, among those above zero.
+    A map with fewer positive pixels (Grad-CAM after its ReLU) gives fewer: zeros tied at the
+    bottom are not "top", and taking them in order would pick the image's top rows."""
     flat = values.ravel()
-    k = max(1, round(share * flat.size))
+    k = min(max(1, round(share * flat.size)), int((flat > 0).sum()))
     top = np.zeros(flat.size, bool)
     top[np.argsort(-flat, kind="stable")[:k]] = True
     return top.reshape(values.shape)
@@ -116,5 +118,5 @@ def agreement(values: np.ndarray, masks: list[np.ndarray], *, share: float = 0.2
     size = values.shape[0]
     up = [F.interpolate(torch.from_numpy(m.astype(np.float32))[None, None], size=(size, size)).numpy()[0, 0] > 0.5
           for m in masks]  # fmt: skip
-    per_block = tuple(float(m[top].mean()) for m in up)
+    per_block = tuple(float(m[top].mean()) if top.any() else float("nan") for m in up)  # nan: nothing attributed
     return Agreement(per_block, float(np.mean(per_block)), float(np.mean([m.mean() for m in up])))

@@ -125,10 +125,12 @@ counted with the grown masks, towards a target. The backbone started from the ga
 weights.
 
 **Attribution.** Grad-CAM weighs the 8x8 feature map that leaves stage 2 by the gradient of the
-predicted class; saliency is the input gradient; integrated gradients average it from a black
-image; occlusion blanks 6x6 patches and records how much the class score falls (captum).
-The agreement numbers ask: of the 20% most attributed pixels, what share did the average
-masked block compute, against the share of all pixels it computed (chance)?
+predicted class; saliency is the input gradient; integrated gradients average it from the
+dataset's mean colour (a grey image, the zero of the normalised input); occlusion sets 6x6
+patches to that grey and records how much the class score falls (captum).
+The agreement numbers ask: of the 20% most attributed pixels (only those attributed above
+zero), what share did the average masked block compute, against the share of all pixels it
+computed (chance)?
 """
 
 EXTRA_PAPERS = (

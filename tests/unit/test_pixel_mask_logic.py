@@ -144,3 +144,17 @@ def test_training_starts_from_the_gated_resnet_and_the_loss_reaches_the_mask_uni
     loss.backward()
     assert logs["cost"] > 0.7  # new mask units start by computing (bias +2)
     assert all(unit.conv.weight.grad.abs().sum() > 0 for unit in model.gates)
+
+
+def test_top_pixels_are_only_those_attributed_above_zero():
+    from models.attribution import agreement, top_share
+
+    values = np.zeros((10, 10))
+    values[7, 2], values[9, 9] = 0.5, 1.0  # 2 positive pixels, fewer than the top 20% (20)
+    top = top_share(values, 0.2)
+    assert top.sum() == 2 and top[7, 2] and top[9, 9]  # no zeros from the top rows
+    mask = np.zeros((5, 5), bool)
+    mask[4, 4] = True  # the block computed the bottom-right 2x2 pixels only
+    agree = agreement(values, [mask], share=0.2)
+    assert agree.inside == 0.5 and agree.chance == 0.04
+    assert np.isnan(agreement(np.zeros((10, 10)), [mask]).inside)  # nothing attributed: no number
