@@ -143,8 +143,10 @@ def _sample(
                 break
     except VideoError:
         raise
-    except av.error.ArgumentError as err:  # FFmpeg refused a frame above max_pixels before decoding it
-        raise VideoError(f"A frame is larger than {MAX_PIXELS:,} pixels allows.") from err
+    except av.error.ArgumentError as err:  # FFmpeg refuses a frame above max_pixels this way (or a malformed one)
+        raise VideoError(
+            f"FFmpeg refused a frame: larger than {MAX_PIXELS:,} pixels, or malformed ({err.__class__.__name__})."
+        ) from err
     except Exception as err:  # damaged packets: keep what decoded so far
         notes.append(f"Decoding stopped after {decoded} frames: the data is damaged ({err.__class__.__name__}).")
     return frames, notes

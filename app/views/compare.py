@@ -36,7 +36,7 @@ class Config:
     latency_ms: float
     full_latency_ms: float  # the model's static network on this image, measured alongside
     curve: Curve | None  # the eval-table curve these knobs lie on, if any
-    point: dict[str, Any] | None  # its measured point nearest to the knobs
+    point: dict[str, Any] | None  # its point measured at these knobs, if any
 
     @property
     def latency_ratio(self) -> str:
@@ -124,10 +124,12 @@ def run_config(i: int, name: str, knobs: dict[str, Any], picked: InputImage) -> 
     trace, latency, full_latency = path_latency(name, picked.key, tuple(sorted(knobs.items())), x, knobs)
     table = table_of(name)
     curve = model.curve_of(table, trace.knobs) if table else None
-    # only a point measured at these knobs (within half a slider step): the nearest one may be
-    # another setting (the merge curve is measured at even merge counts only)
-    step = next(k.step for k in model.knobs if curve and k.key == curve.knob) if curve else 0.0
-    point = curve.measured_at(trace.knobs, tolerance=step / 2) if curve else None
+    point = None
+    if curve is not None:
+        # only a point measured at these knobs (within half a slider step): the nearest one may
+        # be another setting (the merge curve is measured at even merge counts only)
+        step = next(k.step for k in model.knobs if k.key == curve.knob)
+        point = curve.measured_at(trace.knobs, tolerance=step / 2)
     return Config(i, name, trace, latency, full_latency, curve, point)
 
 

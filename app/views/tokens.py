@@ -47,10 +47,10 @@ def run(picked: InputImage, x: torch.Tensor, mode: str, value: float | None = No
     elif mode == "merge":
         knobs["merge_r"] = round(value)
     trace = token_trace(MODEL, picked.key, tuple(sorted(knobs.items())), x)
-    counts = tuple(trace.extras["tokens_mlp"])
     # a setting that sheds no token (keep ratio 1, nothing merged) runs the static network's
     # computation: one measurement, so the page never shows the full network "slower than itself"
-    path = (trace.knobs["mode"] if len(set(counts)) > 1 else "none", counts)
+    mode = "none" if load_model(MODEL).runs_static(**trace.knobs) else trace.knobs["mode"]
+    path = (mode, tuple(trace.extras["tokens_mlp"]))
     return trace, *path_latency(MODEL, picked.key, path, x, trace.knobs)[1:]
 
 
