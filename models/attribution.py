@@ -48,8 +48,8 @@ def attribute(model: DynamicModel, x: torch.Tensor, trace: Trace, method: str, *
     x = x.detach().clone().requires_grad_()
     with torch.enable_grad():
         if method == "gradcam":
-            cam = LayerGradCam(explained.forward, explained.layer).attribute(
-                x, target=target, attribute_to_layer_input=explained.layer_input, relu_attributions=True
+            cam = LayerGradCam(explained.forward, explained.tap).attribute(
+                x, target=target, relu_attributions=True
             )  # (1, 1, h, w)
             raw = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")[0, 0]
         elif method == "saliency":

@@ -35,6 +35,8 @@ from models.early_exit import FinalHead, Residual, conv_bn
 STATIC_THRESHOLD = 0.0  # every block runs and no gate is evaluated: the static network
 THRESHOLDS = np.round(np.arange(0.0, 1.0001, 0.05), 2)  # the eval grid = the slider's steps
 BLOCKS_PER_STAGE = 2
+# Grad-CAM weighs the 8x8 map that leaves stage 2: the input of the downsampling in front of this block
+TAP_BEFORE = 2 * BLOCKS_PER_STAGE
 
 
 def gates_enabled(threshold: float) -> bool:
@@ -265,17 +267,18 @@ class GatedResNet(DynamicModel):
         """The blocks the run executed (every block when ``static``); Grad-CAM on the 8x8
         feature map that leaves stage 2 (the input of the last downsampling layer)."""
         ran = [True] * self.num_blocks if static else list(trace.extras["executed"])
+        tap = nn.Identity()
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             h = self.stem(x)
             for i, block in enumerate(self.blocks):
-                h = self._before(i, h)
+                h = self._before(i, tap(h) if i == TAP_BEFORE else h)
                 if ran[i]:
                     h = block(h)
             return self.head(h)
 
         what = "every block" if static else f"the {sum(ran)} blocks this image ran"
-        return Explained(forward, self.downs[1], True, what)
+        return Explained(forward, tap, what)
 
     @torch.inference_mode()
     def forward_dynamic(self, x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -134,12 +134,17 @@ class Trace:
 
 @dataclass(frozen=True)
 class Explained:
-    """A forward function ``(B, 3, H, W) -> (B, C)`` logits, the layer whose feature map
-    Grad-CAM weighs (its input when ``layer_input``), and what the function is, in words."""
+    """A forward function ``(B, 3, H, W) -> (B, C)`` logits, the feature map Grad-CAM weighs,
+    and what the function is, in words.
+
+    ``tap`` is an identity module that only ``forward`` calls, on that feature map. Grad-CAM
+    hooks the tap, never a layer of the model: the model is shared by every session of the
+    app, and a hook on one of its layers would fire in other sessions' runs at the same time
+    (captum then raised, or could read another image's activations).
+    """
 
     forward: Callable[[torch.Tensor], torch.Tensor]
-    layer: nn.Module
-    layer_input: bool
+    tap: nn.Identity
     what: str
 
 
@@ -309,7 +314,7 @@ class DynamicModel(nn.Module):
     def explained_forward(self, trace: Trace, *, static: bool = False) -> Explained:
         """What attribution explains: a batched, differentiable function computing what
         ``trace``'s run computed (its exit, its blocks, its masks, its tokens), or with
-        ``static`` the static network; and the layer Grad-CAM weighs."""
+        ``static`` the static network; and a tap of its own on the map Grad-CAM weighs."""
         raise NotImplementedError
 
     def curves(self, table: dict[str, Any]) -> tuple[Curve, ...]:

@@ -228,15 +228,14 @@ class EarlyExitResNet(DynamicModel):
         """The exit that fired (or the last one): stages up to it, then its classifier; Grad-CAM
         on the stage that feeds that exit."""
         k = self.num_exits - 1 if static else trace.extras["fired_exit"]
+        tap = nn.Identity()
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             for stage in self.stages[: k + 1]:
                 x = stage(x)
-            return self.exits[k](x)
+            return self.exits[k](tap(x))
 
-        return Explained(
-            forward, self.stages[k], False, f"exit {k + 1}" + (" (the last)" if k == self.num_exits - 1 else "")
-        )
+        return Explained(forward, tap, f"exit {k + 1}" + (" (the last)" if k == self.num_exits - 1 else ""))
 
     def evaluate_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"exit_probs": self.forward_all(x).softmax(-1)}

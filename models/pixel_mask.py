@@ -36,6 +36,7 @@ from torch import nn
 
 from models.block_skip import (
     BLOCKS_PER_STAGE,
+    TAP_BEFORE,
     THRESHOLDS,
     GatedResNet,
     calibrate,
@@ -291,15 +292,17 @@ class PixelMaskResNet(GatedResNet):
         the 8x8 feature map that leaves stage 2."""
         masks = [None if static or m is None else torch.from_numpy(m) for m in trace.extras["masks"]]
 
+        tap = nn.Identity()
+
         def forward(x: torch.Tensor) -> torch.Tensor:
             h = self.stem(x)
             for i, block in enumerate(self.blocks):
-                h = self._before(i, h)
+                h = self._before(i, tap(h) if i == TAP_BEFORE else h)
                 m = masks[i]
                 h = block(h) if m is None else h + m.to(h.dtype) * block.body(h)
             return self.head(h)
 
-        return Explained(forward, self.downs[1], True, "dense" if static else "this run's masks")
+        return Explained(forward, tap, "dense" if static else "this run's masks")
 
     @torch.inference_mode()
     def forward_masked(self, x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

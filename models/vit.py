@@ -354,8 +354,10 @@ class ConvStem(nn.Module):
         self.pos = nn.Parameter(torch.zeros(1, 1 + PATCHES, dim))
         nn.init.trunc_normal_(self.pos, std=0.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        patches = self.proj(self.convs(x)).flatten(2).transpose(1, 2)  # (B, 64, D)
+    def forward(self, x: torch.Tensor, tap: nn.Module | None = None) -> torch.Tensor:
+        """Tokens ``(B, 65, D)``; ``tap`` (attribution's probe) sees the 8x8 map of the convs."""
+        feat = self.convs(x)  # (B, w2, 8, 8)
+        patches = self.proj(feat if tap is None else tap(feat)).flatten(2).transpose(1, 2)  # (B, 64, D)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         return torch.cat([cls, patches], dim=1) + self.pos  # (B, 65, D)
 
@@ -691,10 +693,13 @@ class TokenExpertViT(DynamicModel):
 
     # --- forward passes ----------------------------------------------------------------------
 
-    def run(self, x: torch.Tensor, policy: Policy, *, noise: float = 0.0) -> tuple[torch.Tensor, list[BlockRecord]]:
+    def run(
+        self, x: torch.Tensor, policy: Policy, *, noise: float = 0.0, tap: nn.Module | None = None
+    ) -> tuple[torch.Tensor, list[BlockRecord]]:
         """Logits ``(B, C)`` and every block's record under ``policy``; tokens shed by a block
-        are gone from every later computation. The batched and the batch-1 path are this one."""
-        x = self.stem(x)  # (B, 65, D)
+        are gone from every later computation. The batched and the batch-1 path are this one.
+        ``tap`` is attribution's probe on the stem's patch map (:class:`models.core.Explained`)."""
+        x = self.stem(x, tap)  # (B, 65, D)
         b = x.shape[0]
         sizes = torch.ones(b, x.shape[1], dtype=torch.float32)
         groups = torch.arange(1, PATCHES + 1).expand(b, -1)
@@ -807,7 +812,8 @@ class TokenExpertViT(DynamicModel):
         batch, as the run decided them) or every token; Grad-CAM on the stem's 8x8 patch map."""
         policy = STATIC if static else Policy.from_knobs(trace.knobs)
         what = "every token" if static or policy.mode == "none" else f"tokens {policy.mode}d as in this run"
-        return Explained(lambda x: self.run(x, policy)[0], self.stem.convs, False, what)
+        tap = nn.Identity()
+        return Explained(lambda x: self.run(x, policy, tap=tap)[0], tap, what)
 
     def curves(self, table: dict[str, Any]) -> tuple[Curve, ...]:
         """Pruning, merging, k and capacity, each swept with the other mechanisms static (as
