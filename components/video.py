@@ -38,7 +38,7 @@ class Frame:
 @dataclass(frozen=True)
 class Video:
     frames: tuple[Frame, ...]
-    width: int  # the video's own size
+    width: int  # the video's own size, as a player shows it (after the display rotation)
     height: int
     codec: str
     duration_s: float | None  # None when the container does not say
@@ -51,6 +51,23 @@ def _duration(container: av.container.InputContainer, stream: av.video.stream.Vi
     if container.duration is not None:
         return container.duration / av.time_base
     return None
+
+
+QUARTER_TURNS = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
+
+
+def quarter_turns(rotation: float) -> int | None:
+    """Counter-clockwise quarter turns (0-3) for a display rotation in degrees; None for an
+    angle that is not a multiple of 90 (not applied)."""
+    turns = rotation / 90
+    return round(turns) % 4 if abs(turns - round(turns)) < 0.01 else None
+
+
+def upright(image: Image.Image, turns: int | None) -> Image.Image:
+    """The frame as a player shows it. A file stores frames as the camera sensor read them and
+    a display matrix saying how to turn them; a phone's portrait clip is landscape frames with
+    a rotation of -90 degrees (FFmpeg's convention: counter-clockwise, as ``PIL`` turns)."""
+    return image.transpose(QUARTER_TURNS[turns]) if turns else image
 
 
 def _scaled(width: int, height: int) -> tuple[int, int]:
@@ -94,7 +111,9 @@ def read_frames(data: bytes, *, fps: float, max_frames: int, progress: Callable[
         if width * height > MAX_PIXELS:
             raise VideoError(too_large(width, height))
         duration = _duration(container, stream)
-        frames, notes = _sample(container, stream, fps, max_frames, duration, progress)
+        frames, notes, turns = _sample(container, stream, fps, max_frames, duration, progress)
+    if turns in (1, 3):
+        width, height = height, width  # a quarter turn: the size a player shows
     if not frames:
         raise VideoError("No frame could be decoded from this video." + (f" {notes[0]}" if notes else ""))
     if len(frames) == max_frames and duration and frames[-1].time_s + 1 / fps < duration:
@@ -121,10 +140,11 @@ def _sample(
     max_frames: int,
     duration: float | None,
     progress: Callable[[float], None] | None,
-) -> tuple[list[Frame], list[str]]:
+) -> tuple[list[Frame], list[str], int | None]:
+    """The kept frames, notes for the user, and the quarter turns applied to the first one."""
     frames: list[Frame] = []
     notes: list[str] = []
-    next_time, decoded = 0.0, 0
+    next_time, decoded, first_turns = 0.0, 0, None
     rate = float(stream.average_rate) if stream.average_rate else None
     try:
         for frame in container.decode(stream):
@@ -135,7 +155,18 @@ def _sample(
             if frame.width * frame.height > MAX_PIXELS:
                 raise VideoError(too_large(frame.width, frame.height))
             size = _scaled(frame.width, frame.height)
-            frames.append(Frame(float(t), frame.to_image(width=size[0], height=size[1]).convert("RGB")))
+            rotation = frame.rotation
+            turns = quarter_turns(rotation)
+            if not frames and rotation:
+                first_turns = turns
+                notes.append(
+                    f"Frames turned as a player shows them: the file asks for a display rotation of {rotation:+.0f} "
+                    "degrees (phones store portrait clips this way)."
+                    if turns is not None
+                    else f"The file asks for a display rotation of {rotation:+.0f} degrees; only quarter turns are applied."
+                )
+            image = frame.to_image(width=size[0], height=size[1]).convert("RGB")
+            frames.append(Frame(float(t), upright(image, turns)))
             next_time = next_sample_time(t, fps)
             if progress is not None:
                 progress(min(1.0, t / duration) if duration else len(frames) / max_frames)
@@ -149,7 +180,7 @@ def _sample(
         ) from err
     except Exception as err:  # damaged packets: keep what decoded so far
         notes.append(f"Decoding stopped after {decoded} frames: the data is damaged ({err.__class__.__name__}).")
-    return frames, notes
+    return frames, notes, first_turns
 
 
 def frame_change(a: np.ndarray, b: np.ndarray) -> float:

@@ -100,12 +100,14 @@ def make_video(
     fmt: str = "mp4",
     still_from: float | None = None,
     noise: int = 0,
+    rotation: int = 0,
 ) -> bytes:
     """A small synthetic clip encoded with PyAV: a bright square sliding over a gradient. From
     ``still_from`` seconds on the picture stops moving (frames for the reuse knob to skip).
     ``fmt``: ``mp4`` or ``mov`` (MPEG-4 part 2), ``webm`` (VP9) or ``gif``. ``noise``: the amplitude of
     fresh random grain on every frame, which makes the clip as costly to decode as camera
-    footage (a clean synthetic clip compresses to almost nothing)."""
+    footage (a clean synthetic clip compresses to almost nothing). ``rotation``: the display
+    rotation the container records (degrees counter-clockwise; a phone's portrait clip: -90)."""
     import io
 
     import av
@@ -117,6 +119,8 @@ def make_video(
     with av.open(buf, mode="w", format=fmt) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+        if rotation:
+            stream.set_display_rotation(rotation)
         if noise:
             stream.bit_rate = 4_000_000  # camera-like 4 Mbit/s, so the grain survives encoding
         rng = np.random.default_rng(0)

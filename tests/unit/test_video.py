@@ -165,3 +165,22 @@ def test_sampling_keeps_its_grid_after_a_late_start_or_a_pause():
     assert next_sample_time(0.0, 2.0) == 0.5 and next_sample_time(0.5, 2.0) == 1.0
     assert next_sample_time(3.0, 2.0) == 3.5  # a clip starting at 3 s: 3.1 is not sampled next
     assert next_sample_time(3.1, 2.0) == 3.5 and next_sample_time(0.3, 5.0) == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("rotation", [-90, 90, 180])
+def test_frames_are_turned_as_the_display_rotation_asks(rotation):
+    plain = read_frames(make_video(seconds=0.5, fps=4), fps=4.0, max_frames=1)
+    video = read_frames(make_video(seconds=0.5, fps=4, rotation=rotation), fps=4.0, max_frames=1)
+    stored = np.asarray(plain.frames[0].image).astype(int)
+    shown = np.asarray(video.frames[0].image).astype(int)
+    np.testing.assert_array_equal(shown, np.rot90(stored, k=rotation // 90))  # numpy turns counter-clockwise too
+    assert (video.width, video.height) == ((96, 64) if rotation == 180 else (64, 96))
+    assert "display rotation of" in video.notes[0] and not any("rotation" in n for n in plain.notes)
+
+
+def test_a_phone_portrait_clip_stands_upright():
+    """A phone stores a portrait clip as landscape frames and -90 degrees: the sensor's left
+    edge (the gradient's dark end here) is the top of the picture a player shows."""
+    shown = np.asarray(read_frames(make_video(seconds=0.5, fps=4, rotation=-90), fps=4.0, max_frames=1).frames[0].image)
+    assert shown.shape[:2] == (96, 64)
+    assert shown[0].mean() + 50 < shown[-1].mean()
