@@ -24,19 +24,27 @@ STATIC = "#7f7f7f"
 FONT = {"size": 13}
 
 
-def _layout(fig: go.Figure, *, height: int, title: str | None = None, **kwargs: Any) -> go.Figure:
+def _layout(fig: go.Figure, *, height: int, title: str | None = None, right: int = 10, **kwargs: Any) -> go.Figure:
+    """Shared layout; ``right``: the right margin in pixels (room for labels outside the plot)."""
     fig.update_layout(
-        height=height, margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+        height=height, margin={"l": 10, "r": right, "t": 40 if title else 10, "b": 10},
         title=title, font=FONT, showlegend=kwargs.pop("showlegend", False), **kwargs,
     )  # fmt: skip
     return fig
 
 
-def _hline(fig: go.Figure, y: float, line: dict[str, Any], text: str, *, top: bool = False, left: bool = False) -> None:
-    """A labelled horizontal line across the plot. Plotly's ``add_hline`` does the same but walks
-    every axis of the figure on each call: about 8 ms a line, most of what building the
-    early-exit page's confidence chart cost on every slider move."""
+def _hline(
+    fig: go.Figure, y: float, line: dict[str, Any], text: str, *, top: bool = False, left: bool = False,
+    outside: bool = False,
+) -> None:  # fmt: skip
+    """A labelled horizontal line across the plot; with ``outside`` the label sits in the right
+    margin, clear of the bars (give the layout room: ``right``). Plotly's ``add_hline`` does the
+    same but walks every axis of the figure on each call: about 8 ms a line, most of what
+    building the early-exit page's confidence chart cost on every slider move."""
     fig.add_shape(type="line", xref="x domain", x0=0, x1=1, y0=y, y1=y, line=line)
+    if outside:
+        fig.add_annotation(xref="x domain", x=1, y=y, text=text, showarrow=False, xanchor="left", xshift=4)
+        return
     fig.add_annotation(xref="x domain", x=0 if left else 1, y=y, text=text, showarrow=False,
                        xanchor="left" if left else "right", yanchor="bottom" if top else "top")  # fmt: skip
 
@@ -107,7 +115,9 @@ def make_exit_strip(trace: Trace, classes: Sequence[str]) -> go.Figure:
 
 def make_exit_confidence(trace: Trace, threshold: float, classes: Sequence[str], criterion_label: str) -> go.Figure:
     """Each exit's confidence (from the all-exits record) against the threshold line. Exits the
-    dynamic run did not evaluate are grey and hatched: their bars show what they would have said."""
+    dynamic run did not evaluate are grey and hatched: their bars show what they would have said.
+    Each exit's top class is written under its name, and the threshold's value in the right
+    margin, so that no label collides with a bar or the line."""
     exit_probs = trace.extras["exit_probs"]
     scores = trace.extras["all_scores"]  # every exit's confidence, from the all-exits record
     exits = [u for u in trace.units if u.kind == "exit"]
@@ -116,15 +126,14 @@ def make_exit_confidence(trace: Trace, threshold: float, classes: Sequence[str],
     guesses = [classes[int(np.argmax(p))] for p in exit_probs]
     fig = go.Figure(
         go.Bar(
-            x=[f"exit {k + 1}" for k in range(len(exits))], y=scores,
-            marker={"color": colours, "pattern": {"shape": patterns}},
-            text=guesses, textposition="outside", cliponaxis=False,
-            hovertemplate="%{x}: confidence %{y:.3f}<br>top class %{text}<extra></extra>",
+            x=[f"exit {k + 1}<br><i>{guess}</i>" for k, guess in enumerate(guesses)], y=scores,
+            marker={"color": colours, "pattern": {"shape": patterns}}, customdata=guesses,
+            hovertemplate="confidence %{y:.3f}<br>top class %{customdata}<extra></extra>",
         )
     )  # fmt: skip
-    _hline(fig, threshold, {"color": "black", "dash": "dash"}, f"threshold {threshold:.2f}")
-    fig.update_yaxes(range=[0, 1.12], title=criterion_label)
-    return _layout(fig, height=300)
+    _hline(fig, threshold, {"color": "black", "dash": "dash"}, f"threshold {threshold:.2f}", outside=True)
+    fig.update_yaxes(range=[0, 1.05], title=criterion_label)
+    return _layout(fig, height=300, right=100)
 
 
 def make_accuracy_curve(
@@ -341,7 +350,7 @@ def make_expert_load(record: dict[str, Any]) -> go.Figure:
     (load), and its capacity (the buffer size; the rest is dropped)."""
     experts = [f"expert {e + 1}" for e in range(len(record["load"]))]
     fig = go.Figure()
-    fig.add_bar(x=experts, y=record["demand"], name="chosen by", marker_color=SKIPPED,
+    fig.add_bar(x=experts, y=record["demand"], name="chosen", marker_color=SKIPPED,
                 hovertemplate="%{x}: chosen by %{y} tokens<extra></extra>")  # fmt: skip
     colours = [f"rgb{group_colour(e)}" for e in range(len(experts))]  # the expert maps' colours
     fig.add_bar(x=experts, y=record["load"], name="served", marker_color=colours,
