@@ -17,6 +17,28 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 _aten = torch.ops.aten
 
 
+def _without_dynamo_import() -> None:
+    """Let FlopCounterMode run without importing ``torch._dynamo``.
+
+    torch wraps every dispatch mode's ``__torch_dispatch__`` in ``torch._disable_dynamo``, which
+    imports ``torch._dynamo`` on its first call, so that a compiled caller skips the mode's
+    frames, and then caches the wrapped function on the original as ``__dynamo_disable``. That
+    import took 2-3.5 s on a 2-core CPU: nearly all of a model's construction (its per-unit
+    FLOPs are counted on a probe) and a quarter of the app's cold start. Nothing here is
+    compiled, so the cache is filled with the function itself. Should torch's internals
+    change, the wrapper imports as before: slower, never wrong.
+    """
+    from torch.utils import flop_counter
+
+    mode = getattr(flop_counter, "_FlopCounterMode", None)
+    raw = getattr(mode and mode.__dict__.get("__torch_dispatch__"), "__wrapped__", None)
+    if raw is not None and not hasattr(raw, "__dynamo_disable"):
+        raw.__dynamo_disable = raw
+
+
+_without_dynamo_import()
+
+
 def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 

@@ -1,5 +1,7 @@
 """FLOP counting: the convention (multiply-add = 2 FLOPs) and attention on CPU."""
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,3 +26,17 @@ def test_cpu_scaled_dot_product_attention_is_counted():
 def test_counting_returns_the_output():
     out, _ = count_flops(torch.add, torch.ones(2), torch.ones(2))
     assert out.tolist() == [2.0, 2.0]
+
+
+def test_counting_flops_does_not_import_dynamo():
+    """Counting on a probe is part of every model's construction: importing torch._dynamo there
+    cost the app 2-3.5 s of its cold start. A fresh interpreter shows what an app process pays."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; from models.cost import count_flops; "
+        "out, n = count_flops(torch.nn.Conv2d(3, 8, 3), torch.zeros(1, 3, 8, 8)); "
+        "assert n == 2 * 8 * 27 * 36, n; assert 'torch._dynamo' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
