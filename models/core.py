@@ -57,6 +57,8 @@ class Knob:
         value = float(value)
         if not self.lo <= value <= self.hi:
             raise ValueError(f"{self.key}={value} outside [{self.lo}, {self.hi}]")
+        if self.step >= 1 and float(self.step).is_integer() and not value.is_integer():
+            raise ValueError(f"{self.key} counts whole steps, got {value}")  # a trace must record what ran
         return value
 
 

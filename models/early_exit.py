@@ -271,6 +271,7 @@ class EarlyExitResNet(DynamicModel):
     @torch.inference_mode()
     def trace(self, x: torch.Tensor, **knobs: Any) -> Trace:
         """Batch-1 dynamic inference: stop at the first exit that is confident enough."""
+        self.check_input(x)
         values = self.knob_values(**knobs)
         threshold, criterion = values["threshold"], values["criterion"]
 

@@ -176,7 +176,7 @@ def prune_tokens(tokens: Tokens, cls_attn: torch.Tensor, keep_ratio: float) -> t
     kept = order[:, :keep].sort(dim=1).values + 1  # (B, keep) token indices, old order
     pruned = order[:, keep:] + 1  # (B, p)
     weight = score.gather(1, pruned - 1)  # (B, p)
-    weight = weight / weight.sum(1, keepdim=True)
+    weight = weight / weight.sum(1, keepdim=True).clamp_min(1e-12)  # all-zero attention fuses to zero, not NaN
     fused = torch.bmm(weight[:, None, :].to(x.dtype), _take(x, pruned))  # (B, 1, D)
     new_x = torch.cat([x[:, :1], _take(x, kept), fused], dim=1)  # (B, keep + 2, D)
     fused_size = _take(tokens.sizes, pruned).sum(1, keepdim=True)
@@ -210,7 +210,7 @@ def merge_tokens(tokens: Tokens, keys: torch.Tensor, r: int) -> tuple[Tokens, in
     if r == 0:
         return tokens, 0
     metric = keys[:, :, 1:].mean(1)  # (B, n, d)
-    metric = metric / metric.norm(dim=-1, keepdim=True)
+    metric = F.normalize(metric, dim=-1)  # cosine similarity (ToMe); a zero key stays zero, not NaN
     a, bset = metric[:, ::2], metric[:, 1::2]
     scores = a @ bset.transpose(1, 2)  # (B, na, nb)
     na, nb = scores.shape[1:]
@@ -808,10 +808,19 @@ class TokenExpertViT(DynamicModel):
         return summarise(table)
 
     def explained_forward(self, trace: Trace, *, static: bool = False) -> Explained:
-        """The run's policy (tokens shed, experts chosen: decided afresh for every input of the
-        batch, as the run decided them) or every token; Grad-CAM on the stem's 8x8 patch map."""
+        """The run's policy (tokens shed, experts chosen) or every token; Grad-CAM on the stem's
+        8x8 patch map. The policy decides afresh for every input it is given: on the image itself
+        (Grad-CAM, saliency) that is the run's own decisions; integrated gradients and occlusion
+        feed scaled and patched copies, on which the tokens kept and experts chosen can differ,
+        so their maps also show what the policy would shed there. The CNNs fix the run's
+        decisions instead; the text says so."""
         policy = STATIC if static else Policy.from_knobs(trace.knobs)
-        what = "every token" if static or policy.mode == "none" else f"tokens {policy.mode}d as in this run"
+        what = (
+            "every token, k = 2, no drops"
+            if static
+            else "this run's knobs; tokens and experts are chosen on each input the method feeds "
+            "(on the image itself: this run's choices; integrated gradients and occlusion feed altered copies)"
+        )
         tap = nn.Identity()
         return Explained(lambda x: self.run(x, policy, tap=tap)[0], tap, what)
 

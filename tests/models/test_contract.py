@@ -123,6 +123,24 @@ def test_no_hooks_left_behind(model):
     assert hooks_left(model) == before == 0
 
 
+def test_trace_takes_one_image_of_the_input_size(model):
+    """A batch or another size would run, but the trace's decisions and FLOPs describe one
+    image at the card's size: refused rather than misreported."""
+    size = model.input_size
+    for shape in ((2, 3, size, size), (1, 3, 2 * size, 2 * size), (1, 1, size, size)):
+        with pytest.raises(ValueError, match="expects a tensor shaped"):
+            model.trace(torch.zeros(shape))
+
+
+def test_whole_step_knobs_refuse_fractions(model):
+    """A count knob (k, tokens merged) given 2.5 would run 2 and record 2.5."""
+    for knob in model.knobs:
+        if not knob.options and knob.step >= 1:
+            with pytest.raises(ValueError, match="whole steps"):
+                model.knob_values(**{knob.key: knob.lo + 0.5})
+            assert model.knob_values(**{knob.key: knob.lo})[knob.key] == knob.lo
+
+
 def test_trace_is_plain_data(model):
     trace = model.trace(sample_inputs(model, 1)[0])
     data = json.loads(trace.to_json())
