@@ -50,6 +50,18 @@ def test_split(source: str) -> Split:
     return load_split("test", source)
 
 
+def usable_test_split() -> Split | None:
+    """The test split of ``$DYNN_CIFAR10``, or None when it is unset or unreadable (the sidebar
+    says why when the user picks a test image)."""
+    source = resolve_source()
+    if source is None or not source.exists():
+        return None
+    try:
+        return test_split(str(source))
+    except (OSError, ValueError):
+        return None
+
+
 @st.cache_data(max_entries=8, show_spinner=False)
 def example_array(loader: str) -> np.ndarray:
     """One of scikit-image's bundled sample photos as an RGB array."""

@@ -103,7 +103,11 @@ def _wanted(parts: tuple[str, ...] | list[str], folder: str) -> bool:
 def _raw_split(path: Path, folder: str) -> tuple[np.ndarray, np.ndarray]:
     """Read ``train`` or ``test`` from a zip or a folder in ImageFolder layout."""
     if path.is_file():
-        with zipfile.ZipFile(path) as zf:
+        try:
+            zf = zipfile.ZipFile(path)
+        except zipfile.BadZipFile as err:  # not an OSError: callers that expect bad paths would miss it
+            raise ValueError(f"{path} is neither a zip nor a folder of {folder}/<class>/ images") from err
+        with zf:
             names = [n for n in zf.namelist() if _wanted(n.split("/"), folder)]
             entries = [("/".join(n.split("/")[-3:]), zf.read(n)) for n in names]
     elif path.is_dir():

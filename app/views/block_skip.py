@@ -17,7 +17,7 @@ from app.common import (
     render_seen_image,
     render_table_header,
 )
-from app.inputs import test_split
+from app.inputs import usable_test_split
 from app.models_cache import load_model
 from components.figures import (
     block_label,
@@ -28,7 +28,6 @@ from components.figures import (
 )
 from components.render import render_cost_metrics
 from models.core import Trace
-from models.data import resolve_source
 
 MODEL = "block_skip"
 
@@ -47,18 +46,24 @@ def latency_of(trace: Trace, key: str, x: torch.Tensor) -> tuple[float, float]:
 
 def render_test_images(title: str, rows: list[dict[str, Any]], classes: tuple[str, ...]) -> None:
     st.markdown(f"**{title}**")
-    source = resolve_source()
-    images = test_split(str(source)).images if source is not None and source.exists() else None
+    split = usable_test_split()
     cols = st.columns(len(rows))
+    shown = 0
     for col, row in zip(cols, rows, strict=True):
         verdict = "right" if row["correct"] else "wrong"
         caption = f"#{row['index']} {classes[row['label']]}, {row['mflops']:.0f} MFLOPs, {verdict}"
-        if images is None:
-            col.caption(caption)
+        # the table's image numbers index the full test split in its sorted order: another copy
+        # (a subset, another order) gets captions only, never someone else's picture
+        if split is not None and row["index"] < len(split) and int(split.labels[row["index"]]) == row["label"]:
+            col.image(split.images[row["index"]], caption=caption, width="stretch")
+            shown += 1
         else:
-            col.image(images[row["index"]], caption=caption, width="stretch")
-    if images is None:
-        st.caption("Set `DYNN_CIFAR10` to see these test images (pick them by number in the sidebar).")
+            col.caption(caption)
+    if shown < len(rows):
+        st.caption(
+            "Set `DYNN_CIFAR10` to the CIFAR-10 test split these numbers index to see the images "
+            "(pick them by number in the sidebar)."
+        )
 
 
 def render_dataset_panel(table: dict[str, Any], threshold: float, classes: tuple[str, ...], per_stage: int) -> None:

@@ -134,6 +134,26 @@ def test_cifar_test_image_picker_shows_the_true_label(cifar_path, monkeypatch):
     assert "test set" in at.subheader[0].value
 
 
+@pytest.mark.parametrize("kind", ["not a zip", "no test folder"])
+def test_an_unusable_dataset_path_gets_a_message_and_no_page_breaks(tmp_path, monkeypatch, kind):
+    """``DYNN_CIFAR10`` at the wrong thing (the python tarball, an empty folder): the sidebar
+    says so when a test image is picked, and the pages that show test images show captions."""
+    bad = tmp_path / "cifar-10-python.tar.gz"
+    if kind == "not a zip":
+        bad.write_bytes(b"\x1f\x8b" + b"not a zip" * 100)
+    else:
+        bad.mkdir()
+    monkeypatch.setenv("DYNN_CIFAR10", str(bad))
+    at = open_page(BLOCK_SKIP)
+    assert not at.exception and at.image  # the page's own figures and images still render
+    assert any("Set `DYNN_CIFAR10`" in c.value for c in at.caption)
+    at.sidebar.radio(key="source").set_value(TEST).run()
+    assert not at.exception
+    assert any("Could not read CIFAR-10" in e.value for e in at.sidebar.error)
+    at.switch_page(EARLY_EXITS).run()
+    assert not at.exception and any("Choose an image" in i.value for i in at.info)
+
+
 def test_block_skip_page_renders_with_its_test_set_panel():
     at = open_page(BLOCK_SKIP)
     assert at.title[0].value == "Block skipping"
