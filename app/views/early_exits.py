@@ -56,8 +56,12 @@ def run_path(trace: Trace) -> tuple[int, bool]:
 
 
 def latency_of(trace: Trace, key: str, x: torch.Tensor) -> tuple[int, float, float]:
-    """The exit the real batch-1 run stopped at, its measured latency and the full network's."""
-    real, latency, full = path_latency(trace.model, key, (trace.knobs["criterion"], *run_path(trace)), x, trace.knobs)
+    """The exit the real batch-1 run stops at for these very knobs (run on every change, a few
+    ms: the re-decision is checked against it), and the latencies of that path and of the full
+    network (measured once per path)."""
+    real = load_model(trace.model).trace(x, **trace.knobs)
+    path = (trace.knobs["criterion"], *run_path(real))
+    _, latency, full = path_latency(trace.model, key, path, x, trace.knobs)
     return real.extras["fired_exit"], latency, full
 
 

@@ -134,6 +134,26 @@ def test_cifar_test_image_picker_shows_the_true_label(cifar_path, monkeypatch):
     assert "test set" in at.subheader[0].value
 
 
+def test_early_exits_checks_every_move_against_a_real_run(monkeypatch):
+    """The page re-decides from the all-exits record and checks the decision against a real
+    batch-1 run of the same knobs, on every move: not against a run cached from another
+    threshold that took the same path. A real run that disagrees (faked here) is reported."""
+    from dataclasses import replace
+
+    from models.early_exit import EarlyExitResNet
+
+    at = open_page(EARLY_EXITS)
+    slider(at, "Confidence threshold").set_value(0.70).run()
+    fired = metric(at, "Exit")
+    assert not at.warning and fired != "1 of 6"
+    honest = EarlyExitResNet.trace
+    monkeypatch.setattr(EarlyExitResNet, "trace",
+                        lambda self, x, **knobs: replace(t := honest(self, x, **knobs), extras={**t.extras, "fired_exit": 0}))  # fmt: skip
+    slider(at, "Confidence threshold").set_value(0.80).run()
+    assert metric(at, "Exit") == fired  # the same path as at 0.70
+    assert any("batch-1 run stopped at exit 1" in w.value for w in at.warning)
+
+
 @pytest.mark.parametrize("kind", ["not a zip", "no test folder"])
 def test_an_unusable_dataset_path_gets_a_message_and_no_page_breaks(tmp_path, monkeypatch, kind):
     """``DYNN_CIFAR10`` at the wrong thing (the python tarball, an empty folder): the sidebar
