@@ -13,7 +13,7 @@ from app import state
 from app.inputs import InputImage, current_input
 from app.models_cache import eval_table, load_model, table_matches_weights, use_inference_threads
 from components.images import square_thumbnail, to_model_input
-from components.render import render_knobs
+from components.render import LATENCY_REPEATS, render_knobs
 from models.core import DynamicModel, Trace
 
 
@@ -22,9 +22,6 @@ def model_input(name: str, key: str, _image: Image.Image) -> torch.Tensor:
     """The card's preprocessing of one image, keyed by its content hash."""
     model = load_model(name)
     return to_model_input(_image, size=model.input_size, mean=model.mean, std=model.std)
-
-
-LATENCY_REPEATS = 3  # pairs of runs (the path, then the static network): the cost of 6 runs per new path
 
 
 @st.cache_data(max_entries=256, show_spinner=False)

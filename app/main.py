@@ -6,6 +6,7 @@ and hands over to the page chosen in the navigation.
 
 import streamlit as st
 
+from app import state
 from app.inputs import render_input_sidebar
 from app.models_cache import use_inference_threads
 
@@ -30,5 +31,6 @@ PAGES = {
 }
 
 page = st.navigation(PAGES)
+state.keep_settings()
 render_input_sidebar()  # on every page, so the chosen input survives a visit to the Overview
 page.run()

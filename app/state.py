@@ -1,4 +1,6 @@
-"""Every ``st.session_state`` key the app uses, named once."""
+"""Every ``st.session_state`` key the app uses, named once, and what keeps each page's settings."""
+
+import streamlit as st
 
 INPUT = "input"  # the selected InputImage, or None
 INPUT_ERROR = "input_error"  # the message of the last refused upload
@@ -9,7 +11,7 @@ EXAMPLE = "example"
 
 
 def knob_key(model: str, knob: str) -> str:
-    """Widget key of one knob of one model (each page keeps its own settings)."""
+    """Widget key of one knob of one model (each page keeps its own settings: :func:`keep_settings`)."""
     return f"knob:{model}:{knob}"
 
 
@@ -39,3 +41,18 @@ def video_knob_key(model: str, knob: str) -> str:
 
 ATTRIBUTION_MODEL = "attribution:model"  # which model the attribution panel explains
 ATTRIBUTION_SLOW = "attribution:slow"  # the (model, image, knobs) whose slow attributions were asked for
+
+
+KEPT = "knob:"  # the model pages' knobs and toggles: static ranges, drawn by render_knobs without a default
+
+
+def keep_settings() -> None:
+    """Keep the model pages' knobs while the user visits other pages. Streamlit forgets a
+    widget's value when a run does not draw the widget; assigning the value to its key again,
+    as Streamlit's documentation advises, keeps it for the user's return. Only keys whose
+    widgets take no default once set (``render_knobs``) and whose ranges never change: a kept
+    value outside a range that depends on the data (the video's frame scrubber, the Compare
+    budget) would stop the page. Run before the page, on every run."""
+    for key in list(st.session_state):
+        if isinstance(key, str) and key.startswith(KEPT):
+            st.session_state[key] = st.session_state[key]

@@ -35,13 +35,17 @@ def render_knobs(
     return values
 
 
+LATENCY_REPEATS = 3  # pairs of runs (the path, then the static network): the cost of 6 runs per new path
+
+
 def render_cost_metrics(trace: Trace, *, latency_ms: float | None, full_latency_ms: float | None) -> None:
     """MFLOPs used (and % of the static network) and measured batch-1 latency."""
     a, b = st.columns(2)
     a.metric(
         "Compute", f"{trace.mflops:.1f} MFLOPs", f"{100 * trace.fraction:.0f}% of full ({trace.full_mflops:.0f})",
-        delta_color="off", delta_arrow="off", help="Executed FLOPs for this input, counted with torch's FlopCounterMode; "
-        "one multiply-add = 2 FLOPs. Includes what deciding costs (exit classifiers, gates).",
+        delta_color="off", delta_arrow="off", help="Executed FLOPs for this input: the sum over the units that ran "
+        "(each counted with torch's FlopCounterMode at its shapes; the tests check the sum against FlopCounterMode on "
+        "the real run). One multiply-add = 2 FLOPs. Includes what deciding costs (exit classifiers, gates, routers).",
     )  # fmt: skip
     if latency_ms is not None:
         ratio = (
@@ -50,5 +54,6 @@ def render_cost_metrics(trace: Trace, *, latency_ms: float | None, full_latency_
             else None
         )
         b.metric("Latency", f"{latency_ms:.1f} ms", ratio, delta_color="off", delta_arrow="off",
-                 help="Wall time of the real batch-1 dynamic forward pass on this machine's CPU, fastest of 3 runs, "
-                 "each followed by a run of the full network for the ratio.")  # fmt: skip
+                 help=f"Wall time of the real batch-1 dynamic forward pass on this machine's CPU, fastest of "
+                 f"{LATENCY_REPEATS} runs, each followed by a run of the full network for the ratio (one measurement "
+                 "when this setting runs the full network).")  # fmt: skip

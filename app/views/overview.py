@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from app.models_cache import load_model
 from models import available, model_class
 
 TAXONOMY = {
@@ -48,7 +49,7 @@ for category, (title, text) in TAXONOMY.items():
         if not names and not also:
             st.caption("No model of this family in the app yet.")
         for name in names:
-            model = model_class(name)()  # architecture and card only: no weights needed here
+            model = load_model(name)  # the pages' own instance, built once per process (not on every rerun)
             acc = model.card.meta.get("test_accuracy")
             summary = f"{model.title}: {model.full_flops / 1e6:.0f} MFLOPs when static"
             if acc is not None:

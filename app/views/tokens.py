@@ -29,6 +29,8 @@ from models.core import Trace
 MODEL = "vit_tokens"
 MAP_SIDE = 192  # pixels of each small map (24 per patch)
 CURVE_OF = {"prune": "prune (EViT)", "merge": "merge (ToMe)"}
+KNOB_OF = {"prune": "keep_ratio", "merge": "merge_r"}
+KNOB_LABEL = {"prune": "keep ratio", "merge": "merged per layer"}
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -66,7 +68,7 @@ def token_maps(trace: Trace, image: Image.Image) -> list[tuple[Image.Image, str]
             fused = int((~kept).any())
             picture, what = make_pruned_map(image, kept), f"{int(kept.sum())} kept + {fused} fused"
         else:
-            picture, what = make_token_map(image, groups, sizes), f"{n} tokens from 64 patches"
+            picture, what = make_token_map(image, groups, sizes), f"{n} tokens from {ex['grid'] ** 2} patches"
         maps.append((picture, f"after {vit_block_label(i)}: {what}"))
     return maps
 
@@ -100,8 +102,7 @@ def render_budget_comparison(
         trace, latency, _ = run(picked, x, mode, point["value"])
         traces[f"{CURVE_OF[mode]}, {point['value']:g}"] = trace
         with col:
-            knob = "keep ratio" if mode == "prune" else "merged per layer"
-            st.markdown(f"**{CURVE_OF[mode]}**, {knob} {point['value']:g}")
+            st.markdown(f"**{CURVE_OF[mode]}**, {KNOB_LABEL[mode]} {point['value']:g}")
             st.image(token_maps(trace, image)[-1][0], width=MAP_SIDE)
             st.markdown(
                 f"This image: **{classes[trace.prediction]}** ({100 * trace.confidence:.0f}%), "
@@ -115,10 +116,16 @@ def render_budget_comparison(
     return traces
 
 
-def render_dataset_panel(table: dict[str, Any], matched: dict[str, dict[str, Any]], mode: str) -> None:
+def is_measured(point: dict[str, Any], value: float, step: float) -> bool:
+    """Whether the eval table measured this very setting (merging is swept in steps of 2)."""
+    return abs(point["value"] - value) <= step / 2
+
+
+def render_dataset_panel(table: dict[str, Any], matched: dict[str, dict[str, Any]], mode: str, measured: bool) -> None:
     curves, full = table["curves"], table["full"]
     point = matched.get(mode, full)  # mode "none": the static network itself
-    render_table_header(MODEL, table, point, full_name="every token", full_title="Every token", knob="setting")
+    setting = "setting" if measured else f"nearest measured setting ({KNOB_LABEL[mode]} {point['value']:g})"
+    render_table_header(MODEL, table, point, full_name="every token", full_title="Every token", knob=setting)
     fig = make_accuracy_curve(
         {
             CURVE_OF["prune"]: {"points": curves["prune"]["points"], "static": [{**full, "label": "every token"}],
@@ -210,11 +217,13 @@ def render_token_run(picked: InputImage, x: torch.Tensor) -> None:
         # with every token kept, compare the two mechanisms at the default pruning budget
         base = (mode, keep if mode == "prune" else merge_r) if mode != "none" else ("prune", defaults["keep_ratio"])
         matched = matched_settings(table, *base)
-        counts = {"every token": static, **render_budget_comparison(picked, x, matched, image)}
+        compared = render_budget_comparison(picked, x, matched, image)
+        measured = mode == "none" or is_measured(matched[mode], base[1], knob[KNOB_OF[mode]].step)
+        counts = {"every token": static, **({} if measured else {"this setting": trace}), **compared}
     st.plotly_chart(make_token_counts(counts), key="tok_counts")
     st.caption("Tokens (class token included) each block's attention ran on.")
     if table is not None:
-        render_dataset_panel(table, matched, mode)
+        render_dataset_panel(table, matched, mode, measured)
     with st.expander("Per-unit record of this run"):
         rows = [{"unit": u.name, "kind": u.kind, "ran": u.executed, "MFLOPs": round(u.flops / 1e6, 2),
                  "static MFLOPs": round(u.full_flops / 1e6, 2)} for u in trace.units]  # fmt: skip

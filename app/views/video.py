@@ -130,6 +130,8 @@ def render_video() -> None:
     max_frames = b.slider("Maximum frames", 5, 300, 60, step=5, key=state.VIDEO_MAX_FRAMES,
                           help="A longer video is sampled from its start up to this many frames.")  # fmt: skip
     if file is None:
+        for key in (state.VIDEO_DECODED, state.VIDEO_RESULTS):  # up to 300 frames: not kept for nothing
+            st.session_state.pop(key, None)
         st.info("Upload a video to run a model on its frames.")
         return
     data = file.getvalue()

@@ -154,6 +154,19 @@ def test_early_exits_checks_every_move_against_a_real_run(monkeypatch):
     assert any("batch-1 run stopped at exit 1" in w.value for w in at.warning)
 
 
+def test_each_page_keeps_its_settings_while_the_user_visits_others():
+    """Streamlit forgets the value of a widget a run does not draw; the app keeps them."""
+    at = open_page(EARLY_EXITS)
+    slider(at, "Confidence threshold").set_value(0.9).run()
+    at.switch_page(BLOCK_SKIP).run()
+    slider(at, "Gate threshold").set_value(0.6).run()
+    at.switch_page("views/overview.py").run()
+    at.switch_page(EARLY_EXITS).run()
+    assert slider(at, "Confidence threshold").value == 0.9 and not at.warning
+    at.switch_page(BLOCK_SKIP).run()
+    assert slider(at, "Gate threshold").value == 0.6 and not at.exception
+
+
 @pytest.mark.parametrize("kind", ["not a zip", "no test folder"])
 def test_an_unusable_dataset_path_gets_a_message_and_no_page_breaks(tmp_path, monkeypatch, kind):
     """``DYNN_CIFAR10`` at the wrong thing (the python tarball, an empty folder): the sidebar
@@ -229,18 +242,30 @@ def test_token_modes_and_keep_ratio_change_the_tokens_and_the_compute():
     at.selectbox(key="knob:vit_tokens:mode").set_value("merge").run()
     slider(at, "Tokens merged per layer (merge)").set_value(16).run()
     assert not at.exception and float(metric(at, "Compute").split()[0]) < full
+    assert any(m.label == "Test accuracy at this setting" for m in at.metric)  # r = 16 was measured
+
+
+def test_tokens_names_the_nearest_measured_setting_where_the_test_set_was_not_swept():
+    """Merging was swept at even r only: at r = 7 the test-set numbers are r = 6's and say so,
+    and this setting's own token counts stay on the chart."""
+    at = open_page(TOKENS)
+    at.selectbox(key="knob:vit_tokens:mode").set_value("merge").run()
+    slider(at, "Tokens merged per layer (merge)").set_value(7).run()
+    labels = [m.label for m in at.metric]
+    assert "Test accuracy at this nearest measured setting (merged per layer 6)" in labels
+    assert "Test accuracy at this setting" not in labels and not at.exception
 
 
 def test_experts_page_k_and_capacity_change_compute_and_drops():
     at = open_page(EXPERTS)
     assert at.title[0].value == "Experts"
-    assert metric(at, "Tokens dropped").startswith("0 of")  # the default capacity never drops
+    assert metric(at, "Tokens dropped (2 MoE layers)").startswith("0 of")  # the default capacity never drops
     assert "test set" in " ".join(s.value for s in at.subheader) and not at.warning
     k2 = float(metric(at, "Compute").split()[0])
     slider(at, "Experts per token (k)").set_value(1).run()
     assert float(metric(at, "Compute").split()[0]) < k2
     slider(at, "Capacity factor C").set_value(0.25).run()
-    assert not at.exception and not metric(at, "Tokens dropped").startswith("0 of")
+    assert not at.exception and not metric(at, "Tokens dropped (2 MoE layers)").startswith("0 of")
     assert any("reset one of the two knobs" in i.value for i in at.info)  # k=1, C=0.25 was not swept
 
 
@@ -296,6 +321,15 @@ def test_video_page_samples_runs_and_reuses(photos):
     assert not at.exception and metric(at, "Compute") == "0.0 MFLOPs"
     at.selectbox(key="video:model").set_value("vit_tokens").run()
     assert not at.exception and metric(at, "Prediction")
+
+
+def test_a_shorter_video_after_scrubbing_far_does_not_stop_the_page():
+    """The scrubber's range follows the video: its old value is not kept past the new end."""
+    at = open_page(VIDEO)
+    at.get("file_uploader")[0].set_value(("long.mp4", make_video(seconds=4.0), "video/mp4")).run()
+    at.slider(key="video:frame").set_value(7).run()
+    at.get("file_uploader")[0].set_value(("short.mp4", make_video(seconds=1.5), "video/mp4")).run()
+    assert not at.exception and at.slider(key="video:frame").max == 2
 
 
 @pytest.mark.parametrize(
