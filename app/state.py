@@ -1,6 +1,12 @@
 """Every ``st.session_state`` key the app uses, named once, and what keeps each page's settings."""
 
+import functools
+from collections.abc import Callable
+from typing import ParamSpec
+
 import streamlit as st
+
+P = ParamSpec("P")
 
 INPUT = "input"  # the selected InputImage, or None
 INPUT_ERROR = "input_error"  # the message of the last refused upload
@@ -52,7 +58,20 @@ def keep_settings() -> None:
     as Streamlit's documentation advises, keeps it for the user's return. Only keys whose
     widgets take no default once set (``render_knobs``) and whose ranges never change: a kept
     value outside a range that depends on the data (the video's frame scrubber, the Compare
-    budget) would stop the page. Run before the page, on every run."""
+    budget) would stop the page. Run before the page on every run, and at the start of every
+    fragment (:func:`knob_fragment`): a fragment's rerun drops the other widgets' values too."""
     for key in list(st.session_state):
         if isinstance(key, str) and key.startswith(KEPT):
             st.session_state[key] = st.session_state[key]
+
+
+def knob_fragment(run: Callable[P, None]) -> Callable[P, None]:
+    """``st.fragment`` for a page's knobs and what they change (it reruns alone when they
+    move), keeping the other pages' knobs (:func:`keep_settings`) through its reruns."""
+
+    @functools.wraps(run)
+    def kept(*args: P.args, **kwargs: P.kwargs) -> None:
+        keep_settings()
+        run(*args, **kwargs)
+
+    return st.fragment(kept)

@@ -7,6 +7,7 @@ from typing import Any
 import streamlit as st
 import torch
 
+from app import state
 from app.common import (
     checked_table,
     nearest_point,
@@ -102,7 +103,7 @@ as the early-exit model's, as SkipNet and BlockDrop begin from a trained ResNet.
 """
 
 
-@st.fragment
+@state.knob_fragment
 def render_gated_run(picked: Any, x: torch.Tensor) -> None:
     """Everything the threshold changes: reruns alone when the slider moves (a forward pass)."""
     model = load_model(MODEL)

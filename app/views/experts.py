@@ -152,7 +152,7 @@ EXTRA_PAPERS = (
 )
 
 
-@st.fragment
+@state.knob_fragment
 def render_expert_run(picked: InputImage, x: torch.Tensor) -> None:
     """Everything k and the capacity change (each setting needs a forward pass)."""
     model = load_model(MODEL)

@@ -140,7 +140,7 @@ EXTRA_PAPERS = (
 )
 
 
-@st.fragment
+@state.knob_fragment
 def render_masked_run(picked: InputImage, x: torch.Tensor) -> None:
     """Everything the threshold changes: reruns alone when the slider moves (a forward pass)."""
     model = load_model(MODEL)

@@ -162,7 +162,7 @@ EXTRA_PAPERS = (
 )
 
 
-@st.fragment
+@state.knob_fragment
 def render_token_run(picked: InputImage, x: torch.Tensor) -> None:
     """Everything the token knobs change (each setting needs a forward pass)."""
     model = load_model(MODEL)

@@ -74,6 +74,32 @@ def test_upload_move_threshold_see_compute_change(app_url, browser, photos, path
     page.close()
 
 
+def test_a_page_keeps_its_knobs_while_another_page_reruns_its_fragment(app_url, browser):
+    """Streamlit drops the values of widgets a run does not draw, fragment reruns included."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.goto(f"{app_url}/early_exits")
+    page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+    wait_idle(page)
+    thumb = threshold_slider(page)
+    thumb.focus()
+    for _ in range(5):
+        page.keyboard.press("ArrowRight")
+    wait_idle(page)
+    moved = threshold_slider(page).input_value()
+    page.get_by_role("link", name="Tokens", exact=True).click()
+    wait_idle(page)
+    keep = threshold_slider(page, "Keep ratio (prune)")
+    before = keep.input_value()
+    keep.focus()
+    page.keyboard.press("ArrowLeft")  # a fragment rerun: the early-exit knobs are not drawn
+    page.wait_for_function("(v) => document.activeElement && document.activeElement.value !== v", arg=before)
+    wait_idle(page)
+    page.get_by_role("link", name="Early exits", exact=True).click()
+    wait_idle(page)
+    assert threshold_slider(page).input_value() == moved != "0.68"
+    page.close()
+
+
 def test_compare_match_a_budget_and_export(app_url, browser):
     from playwright.sync_api import expect  # retries until the page shows it (the columns fill in turn)
 
