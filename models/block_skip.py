@@ -326,8 +326,8 @@ class GatedResNet(DynamicModel):
     def sweep(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, Any]:
         return sweep_blocks(self, outputs["probs"], outputs["executed"], labels)
 
-    def summarise(self, table: dict[str, Any]) -> dict[str, Any]:
-        return summarise(table)
+    def summarise(self, table: dict[str, Any], val_table: dict[str, Any]) -> dict[str, Any]:
+        return summarise(table)  # the default threshold, which calibrate chose on val_table
 
     def calibrate(self, val_table: dict[str, Any]) -> dict[str, Any]:
         return calibrate(val_table)

@@ -305,8 +305,9 @@ class DynamicModel(nn.Module):
         """The eval table (``knob``, ``points``, ``full``, ...) from ``evaluate_batch`` outputs."""
         raise NotImplementedError
 
-    def summarise(self, table: dict[str, Any]) -> dict[str, Any]:
-        """The operating points worth reporting, read off a test table."""
+    def summarise(self, table: dict[str, Any], val_table: dict[str, Any]) -> dict[str, Any]:
+        """The operating points worth reporting: chosen on the validation table, never on the
+        test table they are then read off (a best-on-test pick would be an oracle's)."""
         raise NotImplementedError
 
     def calibrate(self, val_table: dict[str, Any]) -> dict[str, Any]:

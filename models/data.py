@@ -174,8 +174,11 @@ def load_split(split: str, source: str | os.PathLike | None = None, *, download:
 
 
 def _val_indices(labels: np.ndarray) -> np.ndarray:
-    """A fixed class-balanced hold-out of ``VAL_SIZE`` images (seeded, source-independent);
-    at most a tenth of each class, so a small folder still leaves images to train on."""
+    """A fixed class-balanced hold-out of ``VAL_SIZE`` images; at most a tenth of each class,
+    so a small folder still leaves images to train on. Seeded positions in the source's order:
+    the same copy of the data (sorted file names) always gives the same hold-out, but another
+    copy (torchvision's arrays, a folder missing a file) gives another. Train and calibrate on
+    one copy: validation images of one copy can be training images of another."""
     rng = np.random.default_rng(0)
     per_class = min(VAL_SIZE // len(CLASSES), int(np.bincount(labels, minlength=len(CLASSES)).min()) // 10)
     picks = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(len(CLASSES))]

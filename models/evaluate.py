@@ -68,7 +68,7 @@ def write(model: DynamicModel, data: str | None) -> dict[str, Any]:
     defaults = model.calibrate(val_table)
     test = load_split("test", data)
     table = {**evaluate(model, test), "split": "test", "default_knobs": defaults}
-    table["summary"] = model.summarise(table)
+    table["summary"] = model.summarise(table, val_table)
     subset = evaluate(model, test.head(SUBSET))
     table["subset_check"] = {"n": subset["n"], "full": subset["full"], "points": compact_points(subset)}
     table["weights_sha256"] = sha256(model.card.weights)

@@ -90,3 +90,20 @@ def test_the_confidence_chart_draws_the_threshold_line_with_its_value():
     (line,) = fig.layout.shapes
     assert (line.y0, line.y1, line.x0, line.x1, line.xref) == (0.7, 0.7, 0, 1, "x domain")
     assert [a.text for a in fig.layout.annotations] == ["threshold 0.70"]
+
+
+def test_summary_points_are_chosen_on_validation_and_read_off_test():
+    """The test table's own best point under the budget would be an oracle's choice."""
+    from models.early_exit import summarise
+
+    def table(acc_at: dict[float, float]) -> dict:
+        points = [{"value": t, "accuracy": a, "mflops": m} for t, (a, m) in acc_at.items()]
+        static = [{"exit": 0, "accuracy": 0.5, "mflops": 40.0}, {"exit": 1, "accuracy": 0.9, "mflops": 100.0}]
+        return {"points": points, "full": {"accuracy": 0.9, "mflops": 100.0}, "static_exits": static}
+
+    val = table({0.5: (0.80, 40.0), 0.6: (0.70, 45.0), 1.0: (0.9, 100.0)})
+    test = table({0.5: (0.70, 40.0), 0.6: (0.85, 45.0), 1.0: (0.9, 100.0)})
+    summary = summarise(test, val)
+    assert summary["best_at_half_flops"]["threshold"] == 0.5 and summary["best_at_half_flops"]["accuracy"] == 0.70
+    (gain,) = summary["dynamic_vs_static_exits"]
+    assert gain["dynamic_threshold"] == 0.5 and gain["gain_points"] == pytest.approx(20.0)

@@ -322,7 +322,7 @@ def test_sweep_table_and_defaults(model):
     assert capacity[0]["dropped_share"] > 0 and capacity[-1]["dropped_share"] == 0
     defaults = model.calibrate(table)
     assert defaults["mode"] == "prune" and model.knob_values(**defaults)
-    summary = model.summarise({**table, "default_knobs": defaults})
+    summary = model.summarise({**table, "default_knobs": defaults}, table)
     assert summary["prune_at_30pct_saving"]["flops_saving"] >= 0.3
 
 
