@@ -75,29 +75,39 @@ def test_upload_move_threshold_see_compute_change(app_url, browser, photos, path
 
 
 def test_a_page_keeps_its_knobs_while_another_page_reruns_its_fragment(app_url, browser):
-    """Streamlit drops the values of widgets a run does not draw, fragment reruns included."""
+    """Streamlit drops the values of widgets a run does not draw, fragment reruns included.
+    Each step waits for what it changed to be drawn, so no run is cut short by the next."""
     page = browser.new_page(viewport={"width": 1400, "height": 1800})
     page.goto(f"{app_url}/early_exits")
     page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
     wait_idle(page)
-    thumb = threshold_slider(page)
-    thumb.focus()
+    threshold_slider(page).focus()
     for _ in range(5):
         page.keyboard.press("ArrowRight")
-    wait_idle(page)
-    moved = threshold_slider(page).input_value()
+    threshold_text(page, "threshold 0.73")
     page.get_by_role("link", name="Tokens", exact=True).click()
-    wait_idle(page)
+    page.get_by_role("heading", name="Tokens", exact=True).wait_for(timeout=60_000)
     keep = threshold_slider(page, "Keep ratio (prune)")
-    before = keep.input_value()
+    keep.wait_for(timeout=60_000)
+    wait_idle(page)
+    before = metric_value(page, "Compute")
     keep.focus()
     page.keyboard.press("ArrowLeft")  # a fragment rerun: the early-exit knobs are not drawn
-    page.wait_for_function("(v) => document.activeElement && document.activeElement.value !== v", arg=before)
-    wait_idle(page)
+    wait_for_metric_change(page, "Compute", before)
     page.get_by_role("link", name="Early exits", exact=True).click()
-    wait_idle(page)
-    assert threshold_slider(page).input_value() == moved != "0.68"
+    page.get_by_role("heading", name="Early exits", exact=True).wait_for(timeout=60_000)
+    threshold_text(page, "threshold 0.73")  # not the default 0.68
+    assert threshold_slider(page).input_value() == "0.73"
     page.close()
+
+
+def threshold_text(page, text: str) -> None:
+    """Wait until a plotly chart shows ``text`` (the confidence chart's threshold label)."""
+    page.wait_for_function(
+        "(t) => [...document.querySelectorAll('.js-plotly-plot text')].some(e => e.textContent === t)",
+        arg=text, timeout=60_000,
+    )  # fmt: skip
+    wait_idle(page)
 
 
 def test_compare_match_a_budget_and_export(app_url, browser):
