@@ -97,16 +97,18 @@ def render_page_header(title: str, caption: str) -> InputImage | None:
 
 
 def render_table_header(
-    name: str, table: dict[str, Any], point: dict[str, Any], *, full_name: str, full_title: str, knob: str = "threshold"
-) -> None:
+    name: str, table: dict[str, Any], point: dict[str, Any], *, full_name: str, full_title: str, knob: str = "threshold",
+    at: str | None = None,
+) -> None:  # fmt: skip
     """The test-set panel's heading and its three numbers: accuracy and mean compute at the
-    current setting of ``knob``, and the static network (``full_name`` in the delta,
-    ``full_title`` as label)."""
+    current setting of ``knob`` (or ``at``: where the point was measured, when that is not the
+    current setting), and the static network (``full_name`` in the delta, ``full_title`` as
+    label)."""
     full = table["full"]
     st.subheader(f"On the CIFAR-10 test set ({table['n']:,} images)")
     st.caption(f"From `assets/eval/{name}.json`, written by `python -m models.evaluate --model {name} --write`.")
     a, b, c = st.columns(3)
-    a.metric(f"Test accuracy at this {knob}", f"{100 * point['accuracy']:.2f}%",
+    a.metric(f"Test accuracy at {at or 'this ' + knob}", f"{100 * point['accuracy']:.2f}%",
              f"{100 * (point['accuracy'] - full['accuracy']):+.2f} pts vs {full_name}", delta_color="normal")  # fmt: skip
     b.metric("Mean compute", f"{point['mflops']:.1f} MFLOPs", f"{100 * point['mflops'] / full['mflops']:.0f}% of full",
              delta_color="off", delta_arrow="off")  # fmt: skip

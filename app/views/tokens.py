@@ -31,6 +31,7 @@ MAP_SIDE = 192  # pixels of each small map (24 per patch)
 CURVE_OF = {"prune": "prune (EViT)", "merge": "merge (ToMe)"}
 KNOB_OF = {"prune": "keep_ratio", "merge": "merge_r"}
 KNOB_LABEL = {"prune": "keep ratio", "merge": "merged per layer"}
+KNOB_SHORT = {"prune": "keep", "merge": "r ="}
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -124,8 +125,8 @@ def is_measured(point: dict[str, Any], value: float, step: float) -> bool:
 def render_dataset_panel(table: dict[str, Any], matched: dict[str, dict[str, Any]], mode: str, measured: bool) -> None:
     curves, full = table["curves"], table["full"]
     point = matched.get(mode, full)  # mode "none": the static network itself
-    setting = "setting" if measured else f"nearest measured setting ({KNOB_LABEL[mode]} {point['value']:g})"
-    render_table_header(MODEL, table, point, full_name="every token", full_title="Every token", knob=setting)
+    at = None if measured else f"{KNOB_SHORT[mode]} {point['value']:g}, nearest measured"  # short: a metric label
+    render_table_header(MODEL, table, point, full_name="every token", full_title="Every token", knob="setting", at=at)
     fig = make_accuracy_curve(
         {
             CURVE_OF["prune"]: {"points": curves["prune"]["points"], "static": [{**full, "label": "every token"}],

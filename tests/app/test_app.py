@@ -252,7 +252,7 @@ def test_tokens_names_the_nearest_measured_setting_where_the_test_set_was_not_sw
     at.selectbox(key="knob:vit_tokens:mode").set_value("merge").run()
     slider(at, "Tokens merged per layer (merge)").set_value(7).run()
     labels = [m.label for m in at.metric]
-    assert "Test accuracy at this nearest measured setting (merged per layer 6)" in labels
+    assert "Test accuracy at r = 6, nearest measured" in labels
     assert "Test accuracy at this setting" not in labels and not at.exception
 
 
