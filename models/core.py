@@ -329,6 +329,16 @@ class DynamicModel(nn.Module):
         """The curve that was measured with ``knobs``' other settings, if any."""
         return next((c for c in self.curves(table) if c.matches(knobs)), None)
 
+    def measured_point(self, table: dict[str, Any], knobs: dict[str, Any]) -> dict[str, Any] | None:
+        """The eval-table point measured at ``knobs`` (within half a slider step of the swept
+        knob), or None: the nearest point may be another setting (merging is swept at even
+        counts only)."""
+        curve = self.curve_of(table, knobs)
+        if curve is None:
+            return None
+        step = next(k.step for k in self.knobs if k.key == curve.knob)
+        return curve.measured_at(knobs, tolerance=step / 2)
+
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 

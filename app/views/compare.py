@@ -124,12 +124,7 @@ def run_config(i: int, name: str, knobs: dict[str, Any], picked: InputImage) -> 
     trace, latency, full_latency = path_latency(name, picked.key, tuple(sorted(knobs.items())), x, knobs)
     table = table_of(name)
     curve = model.curve_of(table, trace.knobs) if table else None
-    point = None
-    if curve is not None:
-        # only a point measured at these knobs (within half a slider step): the nearest one may
-        # be another setting (the merge curve is measured at even merge counts only)
-        step = next(k.step for k in model.knobs if k.key == curve.knob)
-        point = curve.measured_at(trace.knobs, tolerance=step / 2)
+    point = model.measured_point(table, trace.knobs) if curve else None
     return Config(i, name, trace, latency, full_latency, curve, point)
 
 

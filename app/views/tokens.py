@@ -29,7 +29,6 @@ from models.core import Trace
 MODEL = "vit_tokens"
 MAP_SIDE = 192  # pixels of each small map (24 per patch)
 CURVE_OF = {"prune": "prune (EViT)", "merge": "merge (ToMe)"}
-KNOB_OF = {"prune": "keep_ratio", "merge": "merge_r"}
 KNOB_LABEL = {"prune": "keep ratio", "merge": "merged per layer"}
 KNOB_SHORT = {"prune": "keep", "merge": "r ="}
 
@@ -115,11 +114,6 @@ def render_budget_comparison(
         "(from the eval table); the map shows the tokens left after the last reducing block."
     )
     return traces
-
-
-def is_measured(point: dict[str, Any], value: float, step: float) -> bool:
-    """Whether the eval table measured this very setting (merging is swept in steps of 2)."""
-    return abs(point["value"] - value) <= step / 2
 
 
 def render_dataset_panel(table: dict[str, Any], matched: dict[str, dict[str, Any]], mode: str, measured: bool) -> None:
@@ -219,7 +213,7 @@ def render_token_run(picked: InputImage, x: torch.Tensor) -> None:
         base = (mode, keep if mode == "prune" else merge_r) if mode != "none" else ("prune", defaults["keep_ratio"])
         matched = matched_settings(table, *base)
         compared = render_budget_comparison(picked, x, matched, image)
-        measured = mode == "none" or is_measured(matched[mode], base[1], knob[KNOB_OF[mode]].step)
+        measured = mode == "none" or model.measured_point(table, trace.knobs) is not None
         counts = {"every token": static, **({} if measured else {"this setting": trace}), **compared}
     st.plotly_chart(make_token_counts(counts), key="tok_counts")
     st.caption("Tokens (class token included) each block's attention ran on.")
