@@ -6,6 +6,12 @@ Writes ``assets/weights/<model>.safetensors`` and the training part of the model
 ``assets/weights/<model>.json``. Then ``python -m models.evaluate --model NAME --write``
 calibrates the default knobs on the validation split and measures the test split.
 
+A long schedule can run in pieces: ``--checkpoint DIR`` saves the whole training state (weights,
+optimizer, step, random generators) after every epoch and resumes from it when the same command
+runs again; ``--stop-after N`` ends this invocation after N epochs. The result is the same
+weights as one uninterrupted run (a test checks), so a CPU-only machine can train over several
+sessions. Weights and card are written only when the schedule is complete.
+
 Recipe: SGD with Nesterov momentum (``--optimizer adamw`` for the transformer, as DeiT trains
 ViTs), a one-cycle learning rate (linear warm-up, linear decay), random crop and flip, bf16
 autocast on CPUs with native bf16 kernels (about 2.3x faster than fp32 on AVX-512 cores); fp32
@@ -18,6 +24,7 @@ import argparse
 import hashlib
 import inspect
 import json
+import os
 import shlex
 import sys
 import time
@@ -57,9 +64,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, help=f"output folder (default: {WEIGHTS_DIR}, the shipped weights)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 even where the CPU has native bf16 kernels")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="folder for the training state: saved after every epoch, resumed from if present",
+    )
+    p.add_argument(
+        "--stop-after", type=int, metavar="N", help="end this invocation after N epochs (needs --checkpoint)"
+    )
     args = p.parse_args(argv)
     if args.limit and args.out is None:
         p.error("a --limit run must not replace the shipped weights: give --out")
+    if args.stop_after is not None and (args.checkpoint is None or args.stop_after < 1):
+        p.error("--stop-after needs --checkpoint (to resume from) and N >= 1")
     args.out = args.out or WEIGHTS_DIR
     args.bf16 = not args.no_bf16 and bf16_native()
     if not args.no_bf16 and not args.bf16:
@@ -110,13 +127,50 @@ def lr_at(step: int, total: int, peak: float, warmup: float) -> float:
     return peak * max(0.0, (total - step) / (total - w))
 
 
+# what must match for a checkpoint to continue this run's schedule
+SCHEDULE = ("model", "epochs", "batch_size", "lr", "weight_decay", "optimizer", "warmup", "seed", "limit", "init",
+            "loss", "bf16")  # fmt: skip
+
+
+def schedule_of(args: argparse.Namespace) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k in SCHEDULE}
+
+
+def checkpoint_file(args: argparse.Namespace) -> Path:
+    return args.checkpoint / f"{args.model}.pt"
+
+
+def save_checkpoint(args: argparse.Namespace, state: dict) -> None:
+    """The training state after an epoch, written atomically (a killed run leaves the last one)."""
+    path = checkpoint_file(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(args: argparse.Namespace) -> dict | None:
+    """The saved state of this very schedule, or None; SystemExit if the folder holds another."""
+    path = checkpoint_file(args) if args.checkpoint else None
+    if path is None or not path.exists():
+        return None
+    state = torch.load(path, weights_only=True)
+    if state["schedule"] != schedule_of(args):
+        diff = {k: (state["schedule"].get(k), v) for k, v in schedule_of(args).items() if state["schedule"].get(k) != v}
+        raise SystemExit(
+            f"{path} is another run's checkpoint (saved vs asked: {diff}); delete it or pick another folder"
+        )
+    return state
+
+
 def train(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     model = models.model_class(args.model)()
-    init = model.init_from(args.init) if args.init else None
+    resumed = load_checkpoint(args)
+    init = model.init_from(args.init) if args.init and resumed is None else None
     train_split = load_split("train", args.data).head(args.limit)
     val_split = load_split("val", args.data).head(args.limit)
     model = model.to(memory_format=torch.channels_last)  # ~15% faster with bf16 on CPU
@@ -132,8 +186,19 @@ def train(args: argparse.Namespace) -> dict:
     steps_per_epoch = max(1, len(train_split) // args.batch_size)
     total = steps_per_epoch * args.epochs
     loss_kwargs = parse_loss(args.loss)
-    step, start = 0, time.time()
-    for epoch in range(args.epochs):
+    step, first, spent, val, sessions = 0, 0, 0.0, None, []
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        opt.load_state_dict(resumed["optimizer"])
+        gen.set_state(resumed["generator"])
+        torch.set_rng_state(resumed["torch_rng"])
+        step, first, spent, val = resumed["step"], resumed["epoch"], resumed["seconds"], resumed["val"]
+        init, sessions = resumed["init"], resumed["sessions"]
+        print(json.dumps({"resumed": str(checkpoint_file(args)), "epoch": first, "of": args.epochs}), flush=True)
+    sessions = [*sessions, first]  # the epoch each invocation started at
+    last = args.epochs if args.stop_after is None else min(args.epochs, first + args.stop_after)
+    start = time.time()
+    for epoch in range(first, last):
         model.train()
         order = torch.randperm(len(train_split), generator=gen)
         for i in range(steps_per_epoch):
@@ -152,19 +217,32 @@ def train(args: argparse.Namespace) -> dict:
             json.dumps(
                 {
                     "epoch": epoch + 1,
-                    "seconds": round(time.time() - start),
+                    "seconds": round(spent + time.time() - start),
                     **{k: round(v, 4) for k, v in logs.items()},
                     "val": [round(a, 4) for a in val] if val else None,
                 }
             ),
             flush=True,
         )
-    return {"model": model, "val": val, "seconds": time.time() - start, "n_train": len(train_split), "init": init}
+        if args.checkpoint:
+            save_checkpoint(args, {
+                "schedule": schedule_of(args), "epoch": epoch + 1, "step": step, "seconds": spent + time.time() - start,
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(), "val": val, "init": init, "sessions": sessions,
+            })  # fmt: skip
+    return {
+        "model": model, "val": val, "seconds": spent + time.time() - start, "n_train": len(train_split), "init": init,
+        "done": last == args.epochs, "epochs_done": last, "sessions": sessions,
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     result = train(args)
+    if not result["done"]:
+        print(json.dumps({"stopped_at_epoch": result["epochs_done"], "of": args.epochs,
+                          "resume": "run the same command again", "checkpoint": str(checkpoint_file(args))}))  # fmt: skip
+        return
     model = result["model"]
     args.out.mkdir(parents=True, exist_ok=True)
     weights = args.out / f"{args.model}.safetensors"
@@ -188,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
             "loss": loss_settings(model, args.loss),
             "bf16": args.bf16,
             "seconds": round(result["seconds"]),
+            "resumed_at_epochs": result["sessions"][1:],
             "torch": torch.__version__,
         },
         "val_accuracy": dict(zip(model.monitor_names, result["val"], strict=True)),

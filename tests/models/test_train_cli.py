@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 import models
@@ -40,3 +41,37 @@ def test_a_limited_run_may_not_replace_the_shipped_weights():
 def test_bf16_autocast_only_where_the_cpu_has_native_kernels(monkeypatch, tmp_path, native, flag, bf16):
     monkeypatch.setattr(train, "bf16_native", lambda: native)
     assert parse_args(["--model", "early_exit", "--out", str(tmp_path), *flag]).bf16 is bf16
+
+
+@pytest.mark.dataset
+def test_a_run_in_pieces_ends_with_the_weights_of_one_uninterrupted_run(cifar_path, tmp_path):
+    """``--checkpoint`` with ``--stop-after``: the schedule split over two invocations (as over
+    two sessions of a CPU-only machine) restores the optimizer, the step and both random
+    generators, so the weights are bit for bit those of one run; nothing is written early."""
+    run = ["--model", "early_exit", "--data", str(cifar_path), "--epochs", "2", "--limit", "64", "--batch-size", "32",
+           "--threads", "1"]  # fmt: skip
+    main([*run, "--out", str(tmp_path / "whole")])
+    pieces = [*run, "--out", str(tmp_path / "pieces"), "--checkpoint", str(tmp_path / "ckpt")]
+    main([*pieces, "--stop-after", "1"])
+    assert not (tmp_path / "pieces").exists()  # an unfinished schedule writes no weights
+    main(pieces)
+    whole = load_file(str(tmp_path / "whole" / "early_exit.safetensors"))
+    split = load_file(str(tmp_path / "pieces" / "early_exit.safetensors"))
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+    card = json.loads((tmp_path / "pieces" / "early_exit.json").read_text())
+    assert card["training"]["resumed_at_epochs"] == [1]
+    assert json.loads((tmp_path / "whole" / "early_exit.json").read_text())["training"]["resumed_at_epochs"] == []
+
+
+@pytest.mark.dataset
+def test_a_checkpoint_of_another_schedule_is_refused(cifar_path, tmp_path):
+    run = ["--model", "early_exit", "--data", str(cifar_path), "--limit", "32", "--batch-size", "32",
+           "--out", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "ckpt"), "--stop-after", "1"]  # fmt: skip
+    main([*run, "--epochs", "2"])
+    with pytest.raises(SystemExit, match="another run's checkpoint"):
+        main([*run, "--epochs", "3"])
+
+
+def test_stop_after_needs_a_checkpoint(tmp_path):
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "early_exit", "--out", str(tmp_path), "--stop-after", "1"])
