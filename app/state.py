@@ -32,6 +32,7 @@ def compare_key(i: int, what: str) -> str:
 
 
 VIDEO_UPLOAD = "video:upload"
+VIDEO_SPREAD = "video:spread"  # sample across the whole video, not from its start at a rate
 VIDEO_FPS = "video:fps"
 VIDEO_MAX_FRAMES = "video:max_frames"
 VIDEO_MODEL = "video:model"

@@ -4,7 +4,9 @@ frame, and reuse a result while the picture barely changes.
 Pure (no Streamlit): bytes in, sampled frames out; frames and an inference function in, one
 result per frame out. Memory stays bounded: frames are decoded one at a time, only the sampled
 ones are kept, each scaled down by FFmpeg before it becomes an image, and decoding stops at
-``max_frames``.
+``max_frames``. Frames can be sampled from the start at a rate, or spread over the whole video;
+where the next sample is more than ``SEEK_GAP`` seconds ahead, the reader seeks to the keyframe
+before it instead of decoding every frame in between.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from models.core import Trace
 MAX_SIDE = 320  # pixels: the longest side a sampled frame is kept at
 MAX_PIXELS = 8192 * 8192  # a frame larger than this is refused before decoding
 EXTENSIONS = ("mp4", "webm", "mov", "gif", "mkv", "avi", "m4v")
+SEEK_GAP = 2.0  # seconds: a sample further ahead than this is reached by seeking, not by decoding
 
 
 class VideoError(ValueError):
@@ -43,6 +46,8 @@ class Video:
     codec: str
     duration_s: float | None  # None when the container does not say
     notes: tuple[str, ...] = ()
+    decoded: int = 0  # frames FFmpeg decoded to sample these (seeking skips the rest)
+    spread: bool = False  # sampled over the whole video, not from its start at a rate
 
 
 def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
@@ -76,13 +81,24 @@ def _scaled(width: int, height: int) -> tuple[int, int]:
     return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
 
 
-def read_frames(data: bytes, *, fps: float, max_frames: int, progress: Callable[[float], None] | None = None) -> Video:
-    """Decode ``data`` and keep one frame every ``1 / fps`` seconds, at most ``max_frames``.
+def read_frames(
+    data: bytes,
+    *,
+    fps: float,
+    max_frames: int,
+    spread: bool = False,
+    progress: Callable[[float], None] | None = None,
+) -> Video:
+    """Decode ``data`` and keep one frame every ``1 / fps`` seconds from the start, at most
+    ``max_frames``; or, with ``spread``, ``max_frames`` frames evenly over the whole video.
 
     Args:
         data: the uploaded file.
-        fps: frames to keep per second of video.
+        fps: frames to keep per second of video (not used with ``spread``).
         max_frames: stop after this many kept frames (a long video is sampled, not read whole).
+        spread: sample the whole video: one frame at the start of each of ``max_frames`` equal
+            spans. A video whose length the container does not give is sampled from the
+            start, with a note.
         progress: called with the share done in [0, 1] while decoding.
 
     Raises:
@@ -111,16 +127,29 @@ def read_frames(data: bytes, *, fps: float, max_frames: int, progress: Callable[
         if width * height > MAX_PIXELS:
             raise VideoError(too_large(width, height))
         duration = _duration(container, stream)
-        frames, notes, turns = _sample(container, stream, fps, max_frames, duration, progress)
+        notes: list[str] = []
+        if spread and not duration:
+            spread = False
+            notes.append(
+                f"The file does not give its length: frames were sampled from the start at {fps:g} per second."
+            )
+        times = sample_times(duration, max_frames) if spread and duration else None
+        frames, decoded, turns = _sample(container, stream, fps, max_frames, times, duration, progress, notes)
     if turns in (1, 3):
         width, height = height, width  # a quarter turn: the size a player shows
     if not frames:
         raise VideoError("No frame could be decoded from this video." + (f" {notes[0]}" if notes else ""))
-    if len(frames) == max_frames and duration and frames[-1].time_s + 1 / fps < duration:
+    if not spread and len(frames) == max_frames and duration and frames[-1].time_s + 1 / fps < duration:
         notes.append(
-            f"Only the first {frames[-1].time_s:.1f} s of {duration:.1f} s were sampled ({max_frames} frames)."
+            f"Only the first {frames[-1].time_s:.1f} s of {duration:.1f} s were sampled ({max_frames} frames); "
+            "sample across the whole video to see all of it."
         )
-    return Video(tuple(frames), width, height, stream.codec_context.name, duration, tuple(notes))
+    return Video(tuple(frames), width, height, stream.codec_context.name, duration, tuple(notes), decoded, spread)
+
+
+def sample_times(duration: float, count: int) -> list[float]:
+    """``count`` times spread over ``[0, duration)``: the start of each of ``count`` equal spans."""
+    return [duration * i / count for i in range(count)]
 
 
 def next_sample_time(t: float, fps: float) -> float:
@@ -138,40 +167,54 @@ def _sample(
     stream: av.video.stream.VideoStream,
     fps: float,
     max_frames: int,
+    times: list[float] | None,
     duration: float | None,
     progress: Callable[[float], None] | None,
-) -> tuple[list[Frame], list[str], int | None]:
-    """The kept frames, notes for the user, and the quarter turns applied to the first one."""
+    notes: list[str],
+) -> tuple[list[Frame], int, int | None]:
+    """The kept frames, the frames decoded, and the quarter turns applied to the first kept one;
+    notes for the user are appended to ``notes``. ``times``: the sample times (spread over the
+    video), or None for a ``1 / fps`` grid from the start.
+
+    A sample more than ``SEEK_GAP`` ahead of the last decoded frame is reached by seeking to the
+    keyframe before it (FFmpeg decodes from there). A seek that lands no further than where
+    decoding already was (keyframes further apart than the gap) turns seeking off for the
+    rest of the file, so a file with sparse keyframes costs at most one wasted stretch."""
     frames: list[Frame] = []
-    notes: list[str] = []
-    next_time, decoded, first_turns = 0.0, 0, None
+    decoded, first_turns, now = 0, None, -math.inf
     rate = float(stream.average_rate) if stream.average_rate else None
+    seek = stream.time_base is not None  # a seek target is given in the stream's time base
+
+    def target() -> float:
+        return times[len(frames)] if times is not None else next_sample_time(frames[-1].time_s, fps) if frames else 0.0
+
+    sought_for = None  # the sample time of the last seek: one seek per sample at most
     try:
-        for frame in container.decode(stream):
-            t = frame.time if frame.time is not None else decoded / (rate or fps)
-            decoded += 1
-            if t + 1e-6 < next_time:
-                continue
-            if frame.width * frame.height > MAX_PIXELS:
-                raise VideoError(too_large(frame.width, frame.height))
-            size = _scaled(frame.width, frame.height)
-            rotation = frame.rotation
-            turns = quarter_turns(rotation)
-            if not frames and rotation:
-                first_turns = turns
-                notes.append(
-                    f"Frames turned as a player shows them: the file asks for a display rotation of {rotation:+.0f} "
-                    "degrees (phones store portrait clips this way)."
-                    if turns is not None
-                    else f"The file asks for a display rotation of {rotation:+.0f} degrees; only quarter turns are applied."
-                )
-            image = frame.to_image(width=size[0], height=size[1]).convert("RGB")
-            frames.append(Frame(float(t), upright(image, turns)))
-            next_time = next_sample_time(t, fps)
-            if progress is not None:
-                progress(min(1.0, t / duration) if duration else len(frames) / max_frames)
-            if len(frames) >= max_frames:
-                break
+        while len(frames) < max_frames:
+            landing = sought_for is not None
+            for frame in container.decode(stream):
+                t = frame.time if frame.time is not None else decoded / (rate or fps)
+                seek = seek and frame.time is not None  # a counted time is wrong after a seek
+                decoded += 1
+                if landing and t <= now:  # keyframes further apart than SEEK_GAP: decode straight on
+                    seek = False
+                landing, now = False, max(now, t)
+                wanted = target()
+                if seek and wanted - t > SEEK_GAP and wanted != sought_for:
+                    container.seek(round(wanted / stream.time_base), stream=stream, backward=True, any_frame=False)
+                    sought_for = wanted
+                    break
+                if t + 1e-6 < wanted:
+                    continue
+                frames.append(_kept(frame, t, frames, notes))
+                if len(frames) == 1:
+                    first_turns = quarter_turns(frame.rotation) if frame.rotation else None
+                if progress is not None:
+                    progress(min(1.0, t / duration) if duration else len(frames) / max_frames)
+                if len(frames) >= max_frames:
+                    break
+            else:
+                break  # the end of the stream
     except VideoError:
         raise
     except av.error.ArgumentError as err:  # FFmpeg refuses a frame above max_pixels this way (or a malformed one)
@@ -180,7 +223,26 @@ def _sample(
         ) from err
     except Exception as err:  # damaged packets: keep what decoded so far
         notes.append(f"Decoding stopped after {decoded} frames: the data is damaged ({err.__class__.__name__}).")
-    return frames, notes, first_turns
+    return frames, decoded, first_turns
+
+
+def _kept(frame: av.VideoFrame, t: float, frames: list[Frame], notes: list[str]) -> Frame:
+    """A sampled frame as an upright RGB image, scaled down by FFmpeg; the first one notes the
+    display rotation it was turned by."""
+    if frame.width * frame.height > MAX_PIXELS:
+        raise VideoError(too_large(frame.width, frame.height))
+    size = _scaled(frame.width, frame.height)
+    rotation = frame.rotation
+    turns = quarter_turns(rotation)
+    if not frames and rotation:
+        notes.append(
+            f"Frames turned as a player shows them: the file asks for a display rotation of {rotation:+.0f} "
+            "degrees (phones store portrait clips this way)."
+            if turns is not None
+            else f"The file asks for a display rotation of {rotation:+.0f} degrees; only quarter turns are applied."
+        )
+    image = frame.to_image(width=size[0], height=size[1]).convert("RGB")
+    return Frame(float(t), upright(image, turns))
 
 
 def frame_change(a: np.ndarray, b: np.ndarray) -> float:

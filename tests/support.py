@@ -101,13 +101,15 @@ def make_video(
     still_from: float | None = None,
     noise: int = 0,
     rotation: int = 0,
+    gop: int | None = None,
 ) -> bytes:
     """A small synthetic clip encoded with PyAV: a bright square sliding over a gradient. From
     ``still_from`` seconds on the picture stops moving (frames for the reuse knob to skip).
     ``fmt``: ``mp4`` or ``mov`` (MPEG-4 part 2), ``webm`` (VP9) or ``gif``. ``noise``: the amplitude of
     fresh random grain on every frame, which makes the clip as costly to decode as camera
     footage (a clean synthetic clip compresses to almost nothing). ``rotation``: the display
-    rotation the container records (degrees counter-clockwise; a phone's portrait clip: -90)."""
+    rotation the container records (degrees counter-clockwise; a phone's portrait clip: -90).
+    ``gop``: frames from one keyframe to the next (the encoder's default when None)."""
     import io
 
     import av
@@ -121,6 +123,8 @@ def make_video(
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
         if rotation:
             stream.set_display_rotation(rotation)
+        if gop:
+            stream.codec_context.gop_size = gop
         if noise:
             stream.bit_rate = 4_000_000  # camera-like 4 Mbit/s, so the grain survives encoding
         rng = np.random.default_rng(0)

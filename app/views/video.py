@@ -21,23 +21,30 @@ from components.video import EXTENSIONS, FrameResult, Video, VideoError, read_fr
 from models import available, model_class
 
 MAP_SIDE = 192
+SAMPLING = ("from the start", "across the whole video")
+SAMPLING_HELP = (
+    "From the start: frames at a fixed rate until the maximum is reached. Across the whole video: the maximum number "
+    "of frames, evenly spaced from start to end; the reader seeks past the frames in between instead of decoding them."
+)
 REUSE_HELP = (
     "Reuse the last computed frame's result while this frame's model input (the 32x32 thumbnail) differs from "
     "it by less than this mean absolute pixel change (0 to 1). 0 runs the model on every frame."
 )
 
 
-def decoded(data: bytes, fps: float, max_frames: int) -> Video:
+def decoded(data: bytes, fps: float, max_frames: int, spread: bool) -> Video:
     """The sampled frames of an upload, kept for the last upload and sampling only (bounded
     memory); decoded with a progress bar. Raises VideoError."""
-    key = (hashlib.sha256(data).hexdigest(), fps, max_frames)
+    key = (hashlib.sha256(data).hexdigest(), None if spread else fps, max_frames, spread)
     cached = st.session_state.get(state.VIDEO_DECODED)
     if cached is not None and cached[0] == key:
         return cached[1]
     st.session_state[state.VIDEO_DECODED] = None  # free the previous video first
     bar = st.progress(0.0, text="Decoding the video...")
     try:
-        video = read_frames(data, fps=fps, max_frames=max_frames, progress=lambda f: bar.progress(f, "Decoding..."))
+        video = read_frames(
+            data, fps=fps, max_frames=max_frames, spread=spread, progress=lambda f: bar.progress(f, "Decoding...")
+        )
     finally:
         bar.empty()
     st.session_state[state.VIDEO_DECODED] = (key, video)
@@ -125,10 +132,13 @@ def render_video() -> None:
     st.caption("Any model, frame by frame: what it decided over time, and the compute a video's redundancy can save.")
     file = st.file_uploader("Video", type=list(EXTENSIONS), key=state.VIDEO_UPLOAD,
                             help="mp4, webm, mov, mkv, avi or an animated gif; decoded with PyAV (FFmpeg).")  # fmt: skip
+    spread = st.radio("Sample", SAMPLING, horizontal=True, key=state.VIDEO_SPREAD, help=SAMPLING_HELP) == SAMPLING[1]
     a, b = st.columns(2)
-    fps = a.slider("Frames per second to sample", 0.5, 10.0, 2.0, step=0.5, key=state.VIDEO_FPS)
+    fps = a.slider("Frames per second to sample", 0.5, 10.0, 2.0, step=0.5, key=state.VIDEO_FPS, disabled=spread,
+                   help="Not used when sampling across the whole video.")  # fmt: skip
     max_frames = b.slider("Maximum frames", 5, 300, 60, step=5, key=state.VIDEO_MAX_FRAMES,
-                          help="A longer video is sampled from its start up to this many frames.")  # fmt: skip
+                          help="From the start: a longer video is sampled up to this many frames. Across the whole "
+                          "video: this many frames, evenly spaced.")  # fmt: skip
     if file is None:
         for key in (state.VIDEO_DECODED, state.VIDEO_RESULTS):  # up to 300 frames: not kept for nothing
             st.session_state.pop(key, None)
@@ -136,13 +146,15 @@ def render_video() -> None:
         return
     data = file.getvalue()
     try:
-        video = decoded(data, fps, max_frames)
+        video = decoded(data, fps, max_frames, spread)
     except VideoError as err:
         st.error(f"{file.name}: {err}")
         return
     length = f"{video.duration_s:.1f} s" if video.duration_s else "unknown length"
-    st.caption(f"{file.name}: {video.width}x{video.height}, {video.codec}, {length}; "
-               f"{len(video.frames)} frames sampled at up to {fps:g} per second.")  # fmt: skip
+    how = (f"one every {video.duration_s / max_frames:.2f} s across the whole video" if video.spread
+           else f"at up to {fps:g} per second from the start")  # fmt: skip
+    st.caption(f"{file.name}: {video.width}x{video.height}, {video.codec}, {length}; {len(video.frames)} frames "
+               f"sampled {how} ({video.decoded} decoded to find them).")  # fmt: skip
     for note in video.notes:
         st.warning(note)
     names = available()

@@ -323,6 +323,18 @@ def test_video_page_samples_runs_and_reuses(photos):
     assert not at.exception and metric(at, "Prediction")
 
 
+def test_video_page_samples_across_the_whole_video():
+    at = open_page(VIDEO)
+    at.get("file_uploader")[0].set_value(("long.mp4", make_video(seconds=12.0, gop=10), "video/mp4")).run()
+    at.slider(key="video:max_frames").set_value(5).run()
+    assert any("whole video" in w.value for w in at.warning)  # from the start: the first 2 s only
+    at.radio(key="video:spread").set_value("across the whole video").run()
+    assert not at.exception and not at.warning and metric(at, "Frames sampled") == "5"
+    assert at.slider(key="video:fps").disabled
+    caption = " ".join(c.value for c in at.caption)
+    assert "one every 2.40 s across the whole video" in caption, caption
+
+
 def test_a_shorter_video_after_scrubbing_far_does_not_stop_the_page():
     """The scrubber's range follows the video: its old value is not kept past the new end."""
     at = open_page(VIDEO)

@@ -10,12 +10,14 @@
   network at the operating point the issue names: early exits at <= 50 % of the FLOPs, block
   skipping at its default threshold, token pruning at the keep ratio saving >= 30 % of the
   FLOPs, pixel masks over their thresholds against dense (needs ``$DYNN_CIFAR10``);
-- the Video page's pipeline on a 10 s 640x360 clip sampled at 5 frames per second.
+- the Video page's pipeline on a 10 s 640x360 clip sampled at 5 frames per second, and a
+  1-minute clip sampled across its length with and without seeking.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -179,6 +181,26 @@ def video_pipeline(seconds: float = 10.0, size: tuple[int, int] = (640, 360), fp
     }
 
 
+def video_spread(seconds: float = 60.0, frames: int = 30) -> dict:
+    """Sampling a 1-minute 640x360 clip (30 fps, a keyframe every 2 s) across its whole length:
+    seeking past the frames between samples, against decoding every frame (seeking off)."""
+    from components import video
+    from tests.support import make_video
+
+    data = make_video(seconds=seconds, fps=30, size=(640, 360), noise=24, gop=60)
+    runs, seek_gap = {}, video.SEEK_GAP
+    try:
+        for label, gap in (("seeking", seek_gap), ("every_frame", math.inf)):
+            video.SEEK_GAP = gap
+            start = time.perf_counter()
+            clip = video.read_frames(data, fps=1.0, max_frames=frames, spread=True)
+            runs[label] = {"decode_s": time.perf_counter() - start, "frames_decoded": clip.decoded}
+    finally:
+        video.SEEK_GAP = seek_gap
+    return {"clip": f"{seconds:g} s, 640x360, 30 fps, keyframe every 2 s, {len(data) / 1e6:.1f} MB mpeg4",
+            "frames_sampled": frames, **runs}  # fmt: skip
+
+
 def main() -> None:
     results = {
         "early_exit_latency": early_exit_latency(),
@@ -186,6 +208,7 @@ def main() -> None:
         "vit_latency": vit_latency(),
         "pixel_latency": pixel_latency(),
         "video_pipeline": video_pipeline(),
+        "video_spread": video_spread(),
         "server_side_threshold_change": server_side_threshold_ms(
             "views/early_exits.py", "Confidence threshold", np.round(np.linspace(0.5, 0.99, 20), 2)
         ),

@@ -8,6 +8,7 @@ import av
 import numpy as np
 import pytest
 
+from components import video as video_module
 from components.video import MAX_SIDE, FrameResult, VideoError, frame_change, read_frames, run_frames
 from models.core import Trace
 from tests.support import make_video
@@ -184,3 +185,42 @@ def test_a_phone_portrait_clip_stands_upright():
     shown = np.asarray(read_frames(make_video(seconds=0.5, fps=4, rotation=-90), fps=4.0, max_frames=1).frames[0].image)
     assert shown.shape[:2] == (96, 64)
     assert shown[0].mean() + 50 < shown[-1].mean()
+
+
+def as_decoded_linearly(video, data: bytes) -> bool:
+    """Whether each of ``video``'s frames is the frame that decoding every frame from the start
+    finds at its time."""
+    every = read_frames(data, fps=1000.0, max_frames=10_000)
+    by_time = {round(f.time_s, 3): np.asarray(f.image) for f in every.frames}
+    return all(np.array_equal(np.asarray(f.image), by_time[round(f.time_s, 3)]) for f in video.frames)
+
+
+def test_spread_sampling_covers_the_whole_video_and_seeks_past_what_it_skips():
+    data = make_video(seconds=30.0, fps=10, gop=10)  # a keyframe every second, 300 frames
+    video = read_frames(data, fps=2.0, max_frames=6, spread=True)
+    times = [f.time_s for f in video.frames]
+    assert times == pytest.approx([0, 5, 10, 15, 20, 25])
+    assert video.spread and not video.notes
+    assert as_decoded_linearly(video, data)
+    assert video.decoded <= 6 * 10  # from each sample's keyframe to it, not all 300 frames
+    start = read_frames(data, fps=2.0, max_frames=6)
+    assert [f.time_s for f in start.frames] == pytest.approx([0, 0.5, 1, 1.5, 2, 2.5])
+    assert "whole video" in start.notes[0]
+
+
+def test_spread_sampling_without_near_keyframes_decodes_straight_on():
+    """One keyframe for the whole clip: a seek would land back at the start every time; after
+    one wasted seek the reader decodes straight on, and still keeps the right frames."""
+    data = make_video(seconds=12.0, fps=10, gop=1000)
+    video = read_frames(data, fps=2.0, max_frames=4, spread=True)
+    times = [f.time_s for f in video.frames]
+    assert times == pytest.approx([0, 3, 6, 9])
+    assert as_decoded_linearly(video, data)
+    assert video.decoded <= 120 + 31  # every frame once, plus at most the stretch before the wasted seek
+
+
+def test_spread_sampling_of_a_video_of_unknown_length_samples_from_the_start(monkeypatch):
+    monkeypatch.setattr(video_module, "_duration", lambda container, stream: None)
+    video = read_frames(make_video(seconds=3.0, fps=10), fps=2.0, max_frames=3, spread=True)
+    assert [f.time_s for f in video.frames] == pytest.approx([0, 0.5, 1.0])
+    assert not video.spread and "does not give its length" in video.notes[0]
