@@ -1,0 +1,39 @@
+"""The README's retraining commands are the ones the shipped cards were trained with."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+import pytest
+
+from models.core import WEIGHTS_DIR
+from tests.support import ROOT
+
+
+def recipe(command: str) -> list[str]:
+    """A ``models.train`` command without where the data is read from and the weights written."""
+    words = shlex.split(command)
+    start = words.index("models.train")
+    kept, skip = [], False
+    for word in words[start + 1 :]:
+        if skip:
+            skip = False
+        elif word in ("--data", "--out"):
+            skip = True
+        else:
+            kept.append(word)
+    return kept
+
+
+def readme_train_commands() -> list[list[str]]:
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    lines = re.findall(r"^python -m models\.train .*$", text, flags=re.M)
+    return [recipe(line.split("#")[0]) for line in lines]
+
+
+@pytest.mark.parametrize("card", sorted(WEIGHTS_DIR.glob("*.json")), ids=lambda p: p.stem)
+def test_the_readme_gives_the_command_each_shipped_model_was_trained_with(card):
+    command = json.loads(card.read_text())["training"]["command"]
+    assert recipe(command) in readme_train_commands(), command
