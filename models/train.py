@@ -130,10 +130,41 @@ def lr_at(step: int, total: int, peak: float, warmup: float) -> float:
 # what must match for a checkpoint to continue this run's schedule
 SCHEDULE = ("model", "epochs", "batch_size", "lr", "weight_decay", "optimizer", "warmup", "seed", "limit", "init",
             "loss", "bf16")  # fmt: skip
+RESUME_ONLY = ("--checkpoint", "--stop-after")  # how a run was split, not what it trained: not in the card's command
 
 
 def schedule_of(args: argparse.Namespace) -> dict:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k in SCHEDULE}
+    """What the run trains: the recipe's arguments and the data source's identity."""
+    source = resolve_source(args.data)
+    data = (
+        f"{source.name}, {source.stat().st_size} bytes" if source and source.is_file() else str(source and source.name)
+    )
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k in SCHEDULE} | {"data": data}
+
+
+def first_session(args: argparse.Namespace, model: models.DynamicModel) -> dict:
+    """What the card reports about the start, read once when the run starts (a resumed run must
+    not read a starting file that was replaced in between): the starting weights' hash and
+    training, the whole loss, the torch version."""
+    start = args.init and {
+        "weights": args.init.name,
+        "sha256": hashlib.sha256(args.init.read_bytes()).hexdigest(),
+        "training": json.loads(args.init_card.read_text())["training"] if args.init_card else None,
+    }
+    return {"initialised_from": start, "loss": loss_settings(model, args.loss), "torch": [str(torch.__version__)]}
+
+
+def recorded_command(argv: list[str]) -> str:
+    """The training command for the card, without the options that only split it into pieces."""
+    words, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in RESUME_ONLY:
+            skip = True
+        elif not word.startswith(tuple(f"{o}=" for o in RESUME_ONLY)):
+            words.append(word)
+    return "python -m models.train " + shlex.join(words)
 
 
 def checkpoint_file(args: argparse.Namespace) -> Path:
@@ -155,8 +186,9 @@ def load_checkpoint(args: argparse.Namespace) -> dict | None:
     if path is None or not path.exists():
         return None
     state = torch.load(path, weights_only=True)
-    if state["schedule"] != schedule_of(args):
-        diff = {k: (state["schedule"].get(k), v) for k, v in schedule_of(args).items() if state["schedule"].get(k) != v}
+    asked = schedule_of(args)
+    if state["schedule"] != asked:
+        diff = {k: (state["schedule"].get(k), v) for k, v in asked.items() if state["schedule"].get(k) != v}
         raise SystemExit(
             f"{path} is another run's checkpoint (saved vs asked: {diff}); delete it or pick another folder"
         )
@@ -171,6 +203,7 @@ def train(args: argparse.Namespace) -> dict:
     model = models.model_class(args.model)()
     resumed = load_checkpoint(args)
     init = model.init_from(args.init) if args.init and resumed is None else None
+    record = first_session(args, model) if resumed is None else resumed["record"]
     train_split = load_split("train", args.data).head(args.limit)
     val_split = load_split("val", args.data).head(args.limit)
     model = model.to(memory_format=torch.channels_last)  # ~15% faster with bf16 on CPU
@@ -196,6 +229,7 @@ def train(args: argparse.Namespace) -> dict:
         init, sessions = resumed["init"], resumed["sessions"]
         print(json.dumps({"resumed": str(checkpoint_file(args)), "epoch": first, "of": args.epochs}), flush=True)
     sessions = [*sessions, first]  # the epoch each invocation started at
+    record["torch"] = list(dict.fromkeys([*record["torch"], str(torch.__version__)]))
     last = args.epochs if args.stop_after is None else min(args.epochs, first + args.stop_after)
     start = time.time()
     for epoch in range(first, last):
@@ -224,15 +258,17 @@ def train(args: argparse.Namespace) -> dict:
             ),
             flush=True,
         )
-        if args.checkpoint:
+        # not after the last epoch: main() writes the weights, then removes the checkpoint, so a
+        # run killed in between redoes the last epoch, and a finished run leaves none behind
+        if args.checkpoint and epoch + 1 < args.epochs:
             save_checkpoint(args, {
                 "schedule": schedule_of(args), "epoch": epoch + 1, "step": step, "seconds": spent + time.time() - start,
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                "torch_rng": torch.get_rng_state(), "val": val, "init": init, "sessions": sessions,
+                "torch_rng": torch.get_rng_state(), "val": val, "init": init, "sessions": sessions, "record": record,
             })  # fmt: skip
     return {
         "model": model, "val": val, "seconds": spent + time.time() - start, "n_train": len(train_split), "init": init,
-        "done": last == args.epochs, "epochs_done": last, "sessions": sessions,
+        "done": last == args.epochs, "epochs_done": last, "sessions": sessions, "record": record,
     }  # fmt: skip
 
 
@@ -243,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"stopped_at_epoch": result["epochs_done"], "of": args.epochs,
                           "resume": "run the same command again", "checkpoint": str(checkpoint_file(args))}))  # fmt: skip
         return
-    model = result["model"]
+    model, record = result["model"], result["record"]
     args.out.mkdir(parents=True, exist_ok=True)
     weights = args.out / f"{args.model}.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
@@ -254,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         "category": model.category,
         "papers": list(model.papers),
         "training": {
-            "command": "python -m models.train " + shlex.join(sys.argv[1:] if argv is None else argv),
+            "command": recorded_command(sys.argv[1:] if argv is None else argv),
             "data": f"CIFAR-10 train/ ({source.name if source else 'torchvision'}), "
             f"{result['n_train']} images; validation hold-out of train/ excluded",
             "epochs": args.epochs,
@@ -263,19 +299,14 @@ def main(argv: list[str] | None = None) -> None:
             "peak_lr": args.lr,
             "weight_decay": args.weight_decay,
             "seed": args.seed,
-            "loss": loss_settings(model, args.loss),
+            "loss": record["loss"],
             "bf16": args.bf16,
             "seconds": round(result["seconds"]),
             "resumed_at_epochs": result["sessions"][1:],
-            "torch": torch.__version__,
+            "torch": ", ".join(record["torch"]),
         },
         "val_accuracy": dict(zip(model.monitor_names, result["val"], strict=True)),
-        "initialised_from": args.init
-        and {
-            "weights": args.init.name,
-            "sha256": hashlib.sha256(args.init.read_bytes()).hexdigest(),
-            "training": json.loads(args.init_card.read_text())["training"] if args.init_card else None,
-        },
+        "initialised_from": record["initialised_from"],
         "new_modules_at_init": result["init"] and result["init"]["new"],
         "num_params": int(sum(p.numel() for p in model.parameters())),
         "input_size": model.input_size,
@@ -283,6 +314,8 @@ def main(argv: list[str] | None = None) -> None:
         "std": list(model.std),
     }
     (args.out / f"{args.model}.json").write_text(json.dumps(card, indent=2) + "\n")
+    if args.checkpoint:
+        checkpoint_file(args).unlink(missing_ok=True)  # the run is complete: a new one starts afresh
     print(json.dumps({"weights": str(weights), "val": result["val"]}))
 
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import models
 from models import train
 from models.evaluate import sha256
-from models.train import main, parse_args
+from models.train import main, parse_args, recorded_command
 
 
 @pytest.mark.dataset
@@ -47,31 +47,63 @@ def test_bf16_autocast_only_where_the_cpu_has_native_kernels(monkeypatch, tmp_pa
 def test_a_run_in_pieces_ends_with_the_weights_of_one_uninterrupted_run(cifar_path, tmp_path):
     """``--checkpoint`` with ``--stop-after``: the schedule split over two invocations (as over
     two sessions of a CPU-only machine) restores the optimizer, the step and both random
-    generators, so the weights are bit for bit those of one run; nothing is written early."""
+    generators, so the weights are bit for bit those of one run (at the same thread count);
+    nothing is written early, and the card's command is the recipe, not how it was split."""
     run = ["--model", "early_exit", "--data", str(cifar_path), "--epochs", "2", "--limit", "64", "--batch-size", "32",
            "--threads", "1"]  # fmt: skip
     main([*run, "--out", str(tmp_path / "whole")])
-    pieces = [*run, "--out", str(tmp_path / "pieces"), "--checkpoint", str(tmp_path / "ckpt")]
+    ckpt = tmp_path / "ckpt"
+    pieces = [*run, "--out", str(tmp_path / "whole"), "--checkpoint", str(ckpt)]
+    pieces[pieces.index(str(tmp_path / "whole"))] = str(tmp_path / "pieces")
     main([*pieces, "--stop-after", "1"])
     assert not (tmp_path / "pieces").exists()  # an unfinished schedule writes no weights
     main(pieces)
     whole = load_file(str(tmp_path / "whole" / "early_exit.safetensors"))
     split = load_file(str(tmp_path / "pieces" / "early_exit.safetensors"))
     assert all(torch.equal(whole[k], split[k]) for k in whole)
-    card = json.loads((tmp_path / "pieces" / "early_exit.json").read_text())
-    assert card["training"]["resumed_at_epochs"] == [1]
-    assert json.loads((tmp_path / "whole" / "early_exit.json").read_text())["training"]["resumed_at_epochs"] == []
+    card = json.loads((tmp_path / "pieces" / "early_exit.json").read_text())["training"]
+    whole_card = json.loads((tmp_path / "whole" / "early_exit.json").read_text())["training"]
+    assert card["resumed_at_epochs"] == [1] and whole_card["resumed_at_epochs"] == []
+    assert "--checkpoint" not in card["command"] and "--stop-after" not in card["command"]
+    assert not (ckpt / "early_exit.pt").exists()  # a finished run leaves no checkpoint to "resume"
 
 
 @pytest.mark.dataset
-def test_a_checkpoint_of_another_schedule_is_refused(cifar_path, tmp_path):
-    run = ["--model", "early_exit", "--data", str(cifar_path), "--limit", "32", "--batch-size", "32",
+def test_a_resumed_run_reports_the_start_it_really_had(cifar_path, tmp_path):
+    """The starting weights' hash and lineage are read when the run starts: replacing the file
+    between two sessions changes neither the weights nor the card."""
+    init = tmp_path / "start.safetensors"
+    init.write_bytes(models.model_class("early_exit")().card.weights.read_bytes())
+    started = sha256(init)
+    run = ["--model", "early_exit", "--data", str(cifar_path), "--epochs", "2", "--limit", "32", "--batch-size", "32",
+           "--init", str(init), "--out", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "ckpt")]  # fmt: skip
+    main([*run, "--stop-after", "1"])
+    init.write_bytes(b"replaced")
+    main(run)
+    assert json.loads((tmp_path / "out" / "early_exit.json").read_text())["initialised_from"]["sha256"] == started
+
+
+@pytest.mark.dataset
+@pytest.mark.parametrize("change", [["--epochs", "3"], ["--lr", "0.05"], "data"])
+def test_a_checkpoint_of_another_schedule_or_data_is_refused(cifar_path, tmp_path, change):
+    run = ["--model", "early_exit", "--data", str(cifar_path), "--epochs", "2", "--limit", "32", "--batch-size", "32",
            "--out", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "ckpt"), "--stop-after", "1"]  # fmt: skip
-    main([*run, "--epochs", "2"])
+    main(run)
+    if change == "data":
+        other = tmp_path / "other.zip"
+        other.write_bytes(cifar_path.read_bytes()[:-1] if cifar_path.is_file() else b"")
+        run[run.index(str(cifar_path))] = str(other)
+    else:
+        run += change
     with pytest.raises(SystemExit, match="another run's checkpoint"):
-        main([*run, "--epochs", "3"])
+        main(run)
 
 
 def test_stop_after_needs_a_checkpoint(tmp_path):
     with pytest.raises(SystemExit):
         parse_args(["--model", "early_exit", "--out", str(tmp_path), "--stop-after", "1"])
+
+
+def test_the_recorded_command_leaves_out_how_the_run_was_split():
+    argv = ["--model", "early_exit", "--epochs", "40", "--checkpoint", "ckpt", "--stop-after=3", "--lr", "0.1"]
+    assert recorded_command(argv) == "python -m models.train --model early_exit --epochs 40 --lr 0.1"
