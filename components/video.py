@@ -26,6 +26,7 @@ MAX_SIDE = 320  # pixels: the longest side a sampled frame is kept at
 MAX_PIXELS = 8192 * 8192  # a frame larger than this is refused before decoding
 EXTENSIONS = ("mp4", "webm", "mov", "gif", "mkv", "avi", "m4v")
 SEEK_GAP = 2.0  # seconds: a sample further ahead than this is reached by seeking, not by decoding
+SEEK_BACK = 0.5  # seconds: seek this far before the sample, so that B-frames shown before a keyframe decode
 
 
 class VideoError(ValueError):
@@ -34,7 +35,7 @@ class VideoError(ValueError):
 
 @dataclass(frozen=True)
 class Frame:
-    time_s: float  # presentation time in the video
+    time_s: float  # seconds from the video's first frame (a file cut from a stream may start at 10 s: 0 here)
     image: Image.Image  # RGB, longest side at most MAX_SIDE
 
 
@@ -51,11 +52,22 @@ class Video:
 
 
 def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
+    """The video's length in seconds, or None. The stream's own duration where it has one; the
+    container's otherwise, less its start time where that is inside it (Matroska gives the last
+    timestamp: a 12 s clip that starts at 10 s says 22 s)."""
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
     if container.duration is not None:
-        return container.duration / av.time_base
+        start = container.start_time or 0
+        return (container.duration - start if 0 < start < container.duration else container.duration) / av.time_base
     return None
+
+
+def _origin(stream: av.video.stream.VideoStream) -> float | None:
+    """The stream's first timestamp in seconds (sample times count from it), or None."""
+    if stream.start_time is None or stream.time_base is None:
+        return None
+    return float(stream.start_time * stream.time_base)
 
 
 QUARTER_TURNS = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
@@ -134,7 +146,8 @@ def read_frames(
                 f"The file does not give its length: frames were sampled from the start at {fps:g} per second."
             )
         times = sample_times(duration, max_frames) if spread and duration else None
-        frames, decoded, turns = _sample(container, stream, fps, max_frames, times, duration, progress, notes)
+        frame_s = 1 / float(stream.average_rate) if stream.average_rate else 0.0
+        frames, decoded, reached, turns = _sample(container, stream, fps, max_frames, times, duration, progress, notes)
     if turns in (1, 3):
         width, height = height, width  # a quarter turn: the size a player shows
     if not frames:
@@ -143,6 +156,13 @@ def read_frames(
         notes.append(
             f"Only the first {frames[-1].time_s:.1f} s of {duration:.1f} s were sampled ({max_frames} frames); "
             "sample across the whole video to see all of it."
+        )
+    if spread and duration and len(frames) < max_frames:
+        notes.append(
+            f"The video ended at {reached:.1f} s of the {duration:.1f} s its header gives: "
+            f"{len(frames)} of {max_frames} frames sampled."
+            if reached < duration - 1.5 * max(duration / max_frames, frame_s)
+            else f"The video has too few frames for {max_frames} evenly spaced samples: {len(frames)} sampled."
         )
     return Video(tuple(frames), width, height, stream.codec_context.name, duration, tuple(notes), decoded, spread)
 
@@ -171,37 +191,52 @@ def _sample(
     duration: float | None,
     progress: Callable[[float], None] | None,
     notes: list[str],
-) -> tuple[list[Frame], int, int | None]:
-    """The kept frames, the frames decoded, and the quarter turns applied to the first kept one;
-    notes for the user are appended to ``notes``. ``times``: the sample times (spread over the
-    video), or None for a ``1 / fps`` grid from the start.
+) -> tuple[list[Frame], int, float, int | None]:
+    """The kept frames, the frames decoded, the time decoding reached, and the quarter turns
+    applied to the first kept frame; notes for the user are appended to ``notes``. ``times``:
+    the sample times (spread over the video), or None for a ``1 / fps`` grid from the start.
+    Times count from the stream's first timestamp.
 
     A sample more than ``SEEK_GAP`` ahead of the last decoded frame is reached by seeking to the
-    keyframe before it (FFmpeg decodes from there). A seek that lands no further than where
-    decoding already was (keyframes further apart than the gap) turns seeking off for the
-    rest of the file, so a file with sparse keyframes costs at most one wasted stretch."""
+    keyframe before ``SEEK_BACK`` seconds ahead of it (FFmpeg decodes from there). A seek that
+    lands no further than where decoding already was (keyframes further apart than the gap)
+    turns seeking off for the rest of the file, so a file with sparse keyframes costs at most
+    one wasted stretch."""
     frames: list[Frame] = []
-    decoded, first_turns, now = 0, None, -math.inf
+    decoded, first_turns, now, origin = 0, None, -math.inf, _origin(stream)
     rate = float(stream.average_rate) if stream.average_rate else None
     seek = stream.time_base is not None  # a seek target is given in the stream's time base
+    pending = iter(times or ())
+    upcoming = next(pending, None)
 
-    def target() -> float:
-        return times[len(frames)] if times is not None else next_sample_time(frames[-1].time_s, fps) if frames else 0.0
+    def target() -> float | None:
+        """The next sample time; with ``times``, the first one after the last kept frame."""
+        nonlocal upcoming
+        if times is None:
+            return next_sample_time(frames[-1].time_s, fps) if frames else 0.0
+        while frames and upcoming is not None and upcoming <= frames[-1].time_s + 1e-6:
+            upcoming = next(pending, None)
+        return upcoming
 
     sought_for = None  # the sample time of the last seek: one seek per sample at most
     try:
         while len(frames) < max_frames:
             landing = sought_for is not None
             for frame in container.decode(stream):
-                t = frame.time if frame.time is not None else decoded / (rate or fps)
+                if frame.time is not None and origin is None:
+                    origin = frame.time
+                t = frame.time - origin if frame.time is not None else decoded / (rate or fps)
                 seek = seek and frame.time is not None  # a counted time is wrong after a seek
                 decoded += 1
                 if landing and t <= now:  # keyframes further apart than SEEK_GAP: decode straight on
                     seek = False
                 landing, now = False, max(now, t)
                 wanted = target()
+                if wanted is None:
+                    break
                 if seek and wanted - t > SEEK_GAP and wanted != sought_for:
-                    container.seek(round(wanted / stream.time_base), stream=stream, backward=True, any_frame=False)
+                    at = origin + wanted - SEEK_BACK
+                    container.seek(round(at / stream.time_base), stream=stream, backward=True, any_frame=False)
                     sought_for = wanted
                     break
                 if t + 1e-6 < wanted:
@@ -215,6 +250,8 @@ def _sample(
                     break
             else:
                 break  # the end of the stream
+            if target() is None:
+                break  # every sample time is taken
     except VideoError:
         raise
     except av.error.ArgumentError as err:  # FFmpeg refuses a frame above max_pixels this way (or a malformed one)
@@ -223,7 +260,7 @@ def _sample(
         ) from err
     except Exception as err:  # damaged packets: keep what decoded so far
         notes.append(f"Decoding stopped after {decoded} frames: the data is damaged ({err.__class__.__name__}).")
-    return frames, decoded, first_turns
+    return frames, decoded, now, first_turns
 
 
 def _kept(frame: av.VideoFrame, t: float, frames: list[Frame], notes: list[str]) -> Frame:

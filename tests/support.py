@@ -88,6 +88,7 @@ VIDEO_CODECS = {  # container -> (encoder, pixel format), all in PyAV's bundled 
     "mp4": ("mpeg4", "yuv420p"),
     "mov": ("mpeg4", "yuv420p"),
     "webm": ("libvpx-vp9", "yuv420p"),
+    "mkv": ("mpeg4", "yuv420p"),
     "gif": ("gif", "rgb8"),
 }
 
@@ -102,6 +103,8 @@ def make_video(
     noise: int = 0,
     rotation: int = 0,
     gop: int | None = None,
+    bframes: int = 0,
+    start: float = 0.0,
 ) -> bytes:
     """A small synthetic clip encoded with PyAV: a bright square sliding over a gradient. From
     ``still_from`` seconds on the picture stops moving (frames for the reuse knob to skip).
@@ -109,7 +112,9 @@ def make_video(
     fresh random grain on every frame, which makes the clip as costly to decode as camera
     footage (a clean synthetic clip compresses to almost nothing). ``rotation``: the display
     rotation the container records (degrees counter-clockwise; a phone's portrait clip: -90).
-    ``gop``: frames from one keyframe to the next (the encoder's default when None)."""
+    ``gop``: frames from one keyframe to the next (the encoder's default when None); ``bframes``:
+    B-frames between references (frames stored out of display order); ``start``: the first
+    frame's timestamp in seconds (files cut from a stream keep their offset)."""
     import io
 
     import av
@@ -118,13 +123,14 @@ def make_video(
     codec, pix_fmt = VIDEO_CODECS[fmt]
     w, h = size
     buf = io.BytesIO()
-    with av.open(buf, mode="w", format=fmt) as container:
+    with av.open(buf, mode="w", format={"mkv": "matroska"}.get(fmt, fmt)) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
         if rotation:
             stream.set_display_rotation(rotation)
         if gop:
             stream.codec_context.gop_size = gop
+        stream.codec_context.max_b_frames = bframes
         if noise:
             stream.bit_rate = 4_000_000  # camera-like 4 Mbit/s, so the grain survives encoding
         rng = np.random.default_rng(0)
@@ -137,7 +143,9 @@ def make_video(
             if noise:
                 grain = rng.integers(-noise, noise + 1, frame.shape)
                 frame = np.clip(frame.astype(np.int16) + grain, 0, 255).astype(np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            picture.pts = round(start * fps) + i
+            for packet in stream.encode(picture):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

@@ -151,8 +151,11 @@ def render_video() -> None:
         st.error(f"{file.name}: {err}")
         return
     length = f"{video.duration_s:.1f} s" if video.duration_s else "unknown length"
-    how = (f"one every {video.duration_s / max_frames:.2f} s across the whole video" if video.spread
-           else f"at up to {fps:g} per second from the start")  # fmt: skip
+    frames = video.frames
+    how = f"at up to {fps:g} per second from the start"
+    if video.spread:
+        gap = (frames[-1].time_s - frames[0].time_s) / (len(frames) - 1) if len(frames) > 1 else None
+        how = "across the whole video" if gap is None else f"one every {gap:.2f} s across the whole video"
     st.caption(f"{file.name}: {video.width}x{video.height}, {video.codec}, {length}; {len(video.frames)} frames "
                f"sampled {how} ({video.decoded} decoded to find them).")  # fmt: skip
     for note in video.notes:

@@ -187,25 +187,66 @@ def test_a_phone_portrait_clip_stands_upright():
     assert shown[0].mean() + 50 < shown[-1].mean()
 
 
-def as_decoded_linearly(video, data: bytes) -> bool:
-    """Whether each of ``video``'s frames is the frame that decoding every frame from the start
-    finds at its time."""
-    every = read_frames(data, fps=1000.0, max_frames=10_000)
-    by_time = {round(f.time_s, 3): np.asarray(f.image) for f in every.frames}
-    return all(np.array_equal(np.asarray(f.image), by_time[round(f.time_s, 3)]) for f in video.frames)
+def linear_frames(data: bytes) -> list:
+    """Every frame, decoding from the start."""
+    return list(read_frames(data, fps=1000.0, max_frames=10_000).frames)
+
+
+def as_sampled_linearly(video, data: bytes, times: list[float]) -> bool:
+    """Whether ``video``'s frames are the ones decoding every frame from the start finds at
+    ``times``: for each, the first frame at or after it."""
+    every = linear_frames(data)
+    expected = [next(f for f in every if f.time_s + 1e-6 >= t) for t in times]
+    return [f.time_s for f in video.frames] == pytest.approx([f.time_s for f in expected]) and all(
+        np.array_equal(np.asarray(f.image), np.asarray(e.image)) for f, e in zip(video.frames, expected, strict=True)
+    )
 
 
 def test_spread_sampling_covers_the_whole_video_and_seeks_past_what_it_skips():
     data = make_video(seconds=30.0, fps=10, gop=10)  # a keyframe every second, 300 frames
     video = read_frames(data, fps=2.0, max_frames=6, spread=True)
-    times = [f.time_s for f in video.frames]
-    assert times == pytest.approx([0, 5, 10, 15, 20, 25])
     assert video.spread and not video.notes
-    assert as_decoded_linearly(video, data)
-    assert video.decoded <= 6 * 10  # from each sample's keyframe to it, not all 300 frames
+    assert as_sampled_linearly(video, data, [0, 5, 10, 15, 20, 25])
+    assert video.decoded <= 6 * 16  # each sample: from a keyframe up to 1.5 s before it, not all 300 frames
     start = read_frames(data, fps=2.0, max_frames=6)
     assert [f.time_s for f in start.frames] == pytest.approx([0, 0.5, 1, 1.5, 2, 2.5])
     assert "whole video" in start.notes[0]
+
+
+def test_spread_sampling_with_b_frames_keeps_the_frame_at_each_sample_time():
+    """With B-frames a keyframe can be shown after frames stored before it: a seek straight to
+    the sample time would land on a keyframe shown after it and keep a later frame."""
+    data = make_video(seconds=30.0, fps=25, gop=25, bframes=2)
+    video = read_frames(data, fps=2.0, max_frames=6, spread=True)
+    assert as_sampled_linearly(video, data, [0, 5, 10, 15, 20, 25])
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "mkv", "webm"])
+def test_a_video_that_starts_late_is_sampled_over_its_own_length(fmt):
+    """A file cut from a stream keeps the stream's timestamps: here the first frame is at 10 s.
+    Times count from the first frame; spread samples cover the 12 s, not the first half second."""
+    data = make_video(seconds=12.0, fps=10, gop=10, fmt=fmt, start=10.0)
+    video = read_frames(data, fps=2.0, max_frames=6, spread=True)
+    assert video.duration_s == pytest.approx(12.0, abs=0.2) and not video.notes
+    assert as_sampled_linearly(video, data, [0, 2, 4, 6, 8, 10])
+    start = read_frames(data, fps=2.0, max_frames=4)
+    assert [f.time_s for f in start.frames] == pytest.approx([0, 0.5, 1, 1.5])
+    assert "first 1.5 s of 12.0 s" in start.notes[0]
+
+
+def test_spread_sampling_says_when_the_video_ends_before_its_header_says():
+    data = make_video(seconds=30.0, fps=10, gop=10, fmt="mkv")  # its length is in the header, before the frames
+    whole = read_frames(data, fps=2.0, max_frames=6, spread=True)
+    cut = read_frames(data[: len(data) // 3], fps=2.0, max_frames=6, spread=True)
+    assert len(cut.frames) < 6 and any("ended at" in n and "of the 30.0 s its header gives" in n for n in cut.notes)
+    assert not whole.notes
+
+
+def test_spread_sampling_of_a_clip_with_fewer_frames_than_asked_keeps_each_once():
+    data = make_video(seconds=1.0, fps=10)
+    video = read_frames(data, fps=2.0, max_frames=60, spread=True)
+    assert [f.time_s for f in video.frames] == pytest.approx([i / 10 for i in range(10)])
+    assert "too few frames for 60 evenly spaced samples: 10 sampled" in video.notes[0]
 
 
 def test_spread_sampling_without_near_keyframes_decodes_straight_on():
@@ -213,9 +254,7 @@ def test_spread_sampling_without_near_keyframes_decodes_straight_on():
     one wasted seek the reader decodes straight on, and still keeps the right frames."""
     data = make_video(seconds=12.0, fps=10, gop=1000)
     video = read_frames(data, fps=2.0, max_frames=4, spread=True)
-    times = [f.time_s for f in video.frames]
-    assert times == pytest.approx([0, 3, 6, 9])
-    assert as_decoded_linearly(video, data)
+    assert as_sampled_linearly(video, data, [0, 3, 6, 9])
     assert video.decoded <= 120 + 31  # every frame once, plus at most the stretch before the wasted seek
 
 
