@@ -37,3 +37,11 @@ def readme_train_commands() -> list[list[str]]:
 def test_the_readme_gives_the_command_each_shipped_model_was_trained_with(card):
     command = json.loads(card.read_text())["training"]["command"]
     assert recipe(command) in readme_train_commands(), command
+
+
+@pytest.mark.parametrize("card", sorted(WEIGHTS_DIR.glob("*.json")), ids=lambda p: p.stem)
+def test_the_readme_reports_each_shipped_models_test_accuracy(card):
+    """Retrained weights must come with the README's numbers: the static network's top-1 as
+    the card gives it (the "Measured so far" tables)."""
+    accuracy = json.loads(card.read_text())["test_accuracy"]
+    assert f"{100 * accuracy:.2f} % top-1" in (ROOT / "README.md").read_text(), card.stem
