@@ -13,7 +13,7 @@ from app import state
 from app.inputs import InputImage, current_input
 from app.models_cache import eval_table, load_model, table_matches_weights, use_inference_threads
 from components.images import square_thumbnail, to_model_input
-from components.render import LATENCY_REPEATS, render_knobs
+from components.render import LATENCY_REPEATS, Timing, render_knobs
 from models.core import DynamicModel, Trace
 
 
@@ -25,15 +25,14 @@ def model_input(name: str, key: str, _image: Image.Image) -> torch.Tensor:
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def path_latency(
-    name: str, key: str, path: Hashable, _x: torch.Tensor, _knobs: dict[str, Any]
-) -> tuple[Trace, float, float]:
-    """The real batch-1 trace, its latency (ms) and the static network's latency on the same
+def path_latency(name: str, key: str, path: Hashable, _x: torch.Tensor, _knobs: dict[str, Any]) -> tuple[Trace, Timing]:
+    """The real batch-1 trace, and its latency and the static network's latency on the same
     image, each the fastest of a few runs, as ``timeit`` advises: a slower run measures
     whatever else the machine was doing (on a page load, the browser drawing the page on the
     same cores), not the model. The two are measured in turn, run for run, so that their ratio
     holds even while that load comes and goes; the static network's own path is one
-    measurement, so it is never "slower than itself".
+    measurement, so it is never "slower than itself". How far the runs varied is kept too: when
+    the machine stays busy for all of them, the fastest is slow as well, and the page says so.
 
     Keyed by the image and the ``path`` the page expects the knobs to take (the exit that
     fires, the blocks that run), not by the knob values: every value taking the same path runs
@@ -47,8 +46,10 @@ def path_latency(
         runs.append(model.trace(_x, **_knobs))
         if not static:
             static_ms.append(model.trace(_x, **model.static_knobs).latency_ms)
-    latency = min(t.latency_ms for t in runs)
-    return runs[0], latency, min(static_ms) if static_ms else latency
+    own = [t.latency_ms for t in runs]
+    full = static_ms or own
+    spread = max(max(times) / min(times) for times in (own, full))
+    return runs[0], Timing(min(own), min(full), spread)
 
 
 def nearest_point(points: list[dict[str, Any]], value: float) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import streamlit as st
@@ -36,9 +37,40 @@ def render_knobs(
 
 
 LATENCY_REPEATS = 3  # pairs of runs (the path, then the static network): the cost of 6 runs per new path
+NOISY_SPREAD = 1.5  # repeated runs further apart than this (slowest / fastest): the latency is flagged as rough
 
 
-def render_cost_metrics(trace: Trace, *, latency_ms: float | None, full_latency_ms: float | None) -> None:
+@dataclass(frozen=True)
+class Timing:
+    """Measured batch-1 latency of a run and of the static network on the same input, each the
+    fastest of the repeated runs (ms), and ``spread``: the larger of the two slowest-to-fastest
+    ratios. On an idle machine repeated runs agree within a few percent; a large spread means
+    other work shared the cores, and the fastest run is only an upper bound of the model's own
+    time."""
+
+    ms: float
+    full_ms: float
+    spread: float = 1.0
+
+    @property
+    def ratio(self) -> float:
+        return self.ms / self.full_ms
+
+    @property
+    def noisy(self) -> bool:
+        return self.spread > NOISY_SPREAD
+
+    def caveat(self) -> str | None:
+        """A sentence for the user when the runs disagreed, else None."""
+        if not self.noisy:
+            return None
+        return (
+            f"Latency is rough: its repeated runs varied up to {self.spread:.1f}x, so other work was sharing "
+            "this machine's cores while it was measured."
+        )
+
+
+def render_cost_metrics(trace: Trace, *, timing: Timing | None) -> None:
     """MFLOPs used (and % of the static network) and measured batch-1 latency."""
     a, b = st.columns(2)
     a.metric(
@@ -47,13 +79,11 @@ def render_cost_metrics(trace: Trace, *, latency_ms: float | None, full_latency_
         "(each counted with torch's FlopCounterMode at its shapes; the tests check the sum against FlopCounterMode on "
         "the real run). One multiply-add = 2 FLOPs. Includes what deciding costs (exit classifiers, gates, routers).",
     )  # fmt: skip
-    if latency_ms is not None:
-        ratio = (
-            f"{latency_ms / full_latency_ms:.2f}x the full network ({full_latency_ms:.1f} ms)"
-            if full_latency_ms
-            else None
-        )
-        b.metric("Latency", f"{latency_ms:.1f} ms", ratio, delta_color="off", delta_arrow="off",
+    if timing is not None:
+        ratio = f"{timing.ratio:.2f}x the full network ({timing.full_ms:.1f} ms)"
+        b.metric("Latency", f"{timing.ms:.1f} ms", ratio, delta_color="off", delta_arrow="off",
                  help=f"Wall time of the real batch-1 dynamic forward pass on this machine's CPU, fastest of "
                  f"{LATENCY_REPEATS} runs, each followed by a run of the full network for the ratio (one measurement "
                  "when this setting runs the full network).")  # fmt: skip
+        if timing.caveat():
+            st.caption(timing.caveat())

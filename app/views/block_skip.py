@@ -27,7 +27,7 @@ from components.figures import (
     make_blocks_histogram,
     make_class_block_heatmap,
 )
-from components.render import render_cost_metrics
+from components.render import Timing, render_cost_metrics
 from models.core import Trace
 
 MODEL = "block_skip"
@@ -39,10 +39,10 @@ def gated_trace(name: str, key: str, threshold: float, _x: torch.Tensor) -> Trac
     return load_model(name).trace(_x, threshold=threshold)
 
 
-def latency_of(trace: Trace, key: str, x: torch.Tensor) -> tuple[float, float]:
+def latency_of(trace: Trace, key: str, x: torch.Tensor) -> Timing:
     """Latency of the real batch-1 run, measured once per path (blocks run, gates on)."""
     gates_on = any(p is not None for p in trace.extras["gate_probs"])
-    return path_latency(trace.model, key, (tuple(trace.extras["executed"]), gates_on), x, trace.knobs)[1:]
+    return path_latency(trace.model, key, (tuple(trace.extras["executed"]), gates_on), x, trace.knobs)[1]
 
 
 def render_test_images(title: str, rows: list[dict[str, Any]], classes: tuple[str, ...]) -> None:
@@ -121,8 +121,7 @@ def render_gated_run(picked: Any, x: torch.Tensor) -> None:
         render_seen_image(picked, model.input_size)
     with top_right:
         render_prediction(trace, picked, classes, ("Blocks run", f"{sum(executed)} of {len(executed)}"))
-        latency, full_latency = latency_of(trace, picked.key, x)
-        render_cost_metrics(trace, latency_ms=latency, full_latency_ms=full_latency)
+        render_cost_metrics(trace, timing=latency_of(trace, picked.key, x))
         if trace.prediction != static.prediction:
             st.caption(f"With every block on, the network would say **{classes[static.prediction]}**.")
     st.plotly_chart(make_block_path(trace), key="bs_path")

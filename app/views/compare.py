@@ -18,7 +18,7 @@ from components.export import Panel, make_comparison_png
 from components.figures import make_accuracy_curve
 from components.images import square_thumbnail
 from components.pictures import decision_of, mechanism_picture
-from components.render import render_knobs
+from components.render import NOISY_SPREAD, Timing, render_knobs
 from models import available, model_class
 from models.core import Curve, DynamicModel, Trace
 
@@ -33,14 +33,13 @@ class Config:
     index: int
     name: str
     trace: Trace
-    latency_ms: float
-    full_latency_ms: float  # the model's static network on this image, measured alongside
+    timing: Timing  # and the model's static network on this image, measured alongside
     curve: Curve | None  # the eval-table curve these knobs lie on, if any
     point: dict[str, Any] | None  # its point measured at these knobs, if any
 
     @property
     def latency_ratio(self) -> str:
-        return f"{self.latency_ms / self.full_latency_ms:.2f}x its full network"
+        return f"{self.timing.ratio:.2f}x its full network" + (" (rough)" if self.timing.noisy else "")
 
     @property
     def label(self) -> str:
@@ -121,11 +120,11 @@ def run_config(i: int, name: str, knobs: dict[str, Any], picked: InputImage) -> 
     """The real batch-1 trace of one configuration, its latency and its test-set point."""
     model = load_model(name)
     x = model_input(name, picked.key, picked.image)
-    trace, latency, full_latency = path_latency(name, picked.key, tuple(sorted(knobs.items())), x, knobs)
+    trace, timing = path_latency(name, picked.key, tuple(sorted(knobs.items())), x, knobs)
     table = table_of(name)
     curve = model.curve_of(table, trace.knobs) if table else None
     point = model.measured_point(table, trace.knobs) if curve else None
-    return Config(i, name, trace, latency, full_latency, curve, point)
+    return Config(i, name, trace, timing, curve, point)
 
 
 def config_lines(config: Config, classes: tuple[str, ...]) -> list[str]:
@@ -133,7 +132,7 @@ def config_lines(config: Config, classes: tuple[str, ...]) -> list[str]:
     t = config.trace
     lines = [
         f"says {classes[t.prediction]} ({100 * t.confidence:.1f}%)",
-        f"{t.mflops:.1f} MFLOPs ({100 * t.fraction:.0f}% of full), {config.latency_ms:.1f} ms ({config.latency_ratio})",
+        f"{t.mflops:.1f} MFLOPs ({100 * t.fraction:.0f}% of full), {config.timing.ms:.1f} ms ({config.latency_ratio})",
         decision_of(t).text,
     ]
     if config.point is None:
@@ -162,8 +161,9 @@ def render_config(config: Config, picked: InputImage) -> None:
     st.metric(
         "Compute", f"{t.mflops:.1f} MFLOPs", f"{100 * t.fraction:.0f}% of full", delta_color="off", delta_arrow="off"
     )
-    st.metric("Latency", f"{config.latency_ms:.1f} ms", config.latency_ratio, delta_color="off", delta_arrow="off",
-              help=f"Batch 1, fastest of {LATENCY_REPEATS} runs, measured in turn with the model's full network on this image.")  # fmt: skip
+    st.metric("Latency", f"{config.timing.ms:.1f} ms", config.latency_ratio, delta_color="off", delta_arrow="off",
+              help=f"Batch 1, fastest of {LATENCY_REPEATS} runs, measured in turn with the model's full network on this "
+              f"image. Rough: the repeated runs varied more than {NOISY_SPREAD}x, as when other work shares the cores.")  # fmt: skip
     st.caption(" · ".join(config_lines(config, classes)[2:]))
 
 
@@ -217,8 +217,9 @@ def export_json(configs: list[Config], picked: InputImage) -> str:
             "configurations": [
                 {
                     "model": c.name,
-                    "latency_ms": c.latency_ms,
-                    "full_latency_ms": c.full_latency_ms,
+                    "latency_ms": c.timing.ms,
+                    "full_latency_ms": c.timing.full_ms,
+                    "latency_spread": c.timing.spread,
                     "test_point": c.point,
                     "trace": json.loads(c.trace.to_json()),
                 }

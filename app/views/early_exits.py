@@ -30,7 +30,7 @@ from components.figures import (
     make_exit_share,
     make_exit_strip,
 )
-from components.render import render_cost_metrics, render_knobs
+from components.render import Timing, render_cost_metrics, render_knobs
 from models.core import Trace
 from models.early_exit import CRITERION_LABELS, exits_enabled
 
@@ -55,14 +55,13 @@ def run_path(trace: Trace) -> tuple[int, bool]:
     return trace.extras["fired_exit"], exits_enabled(trace.knobs["threshold"])
 
 
-def latency_of(trace: Trace, key: str, x: torch.Tensor) -> tuple[int, float, float]:
+def latency_of(trace: Trace, key: str, x: torch.Tensor) -> tuple[int, Timing]:
     """The exit the real batch-1 run stops at for these very knobs (run on every change, a few
     ms: the re-decision is checked against it), and the latencies of that path and of the full
     network (measured once per path)."""
     real = load_model(trace.model).trace(x, **trace.knobs)
     path = (trace.knobs["criterion"], *run_path(real))
-    _, latency, full = path_latency(trace.model, key, path, x, trace.knobs)
-    return real.extras["fired_exit"], latency, full
+    return real.extras["fired_exit"], path_latency(trace.model, key, path, x, trace.knobs)[1]
 
 
 def render_dataset_panel(table: dict[str, Any], knobs: dict[str, Any], classes: tuple[str, ...]) -> None:
@@ -132,7 +131,7 @@ def main() -> None:
     with top_right:
         knobs = render_knobs(model.knobs, defaults, key_of=lambda key: state.knob_key(MODEL, key))
     trace = model.redecide(record, **knobs)
-    fired_real, latency, full_latency = latency_of(trace, picked.key, x)
+    fired_real, timing = latency_of(trace, picked.key, x)
     fired = trace.extras["fired_exit"]
     classes = card.classes
 
@@ -140,7 +139,7 @@ def main() -> None:
         render_seen_image(picked, model.input_size)
     with top_right:
         render_prediction(trace, picked, classes, ("Exit", f"{fired + 1} of {trace.extras['num_exits']}"))
-        render_cost_metrics(trace, latency_ms=latency, full_latency_ms=full_latency)
+        render_cost_metrics(trace, timing=timing)
         if fired_real != fired:  # the real path and the instant re-decision must agree; say so if not
             st.warning(f"The batch-1 run stopped at exit {fired_real + 1}, the re-decision at exit {fired + 1}.")
     with st.sidebar:

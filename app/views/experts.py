@@ -30,7 +30,7 @@ from components.figures import (
 )
 from components.images import square_thumbnail
 from components.overlays import make_expert_map
-from components.render import render_cost_metrics, render_knobs
+from components.render import Timing, render_cost_metrics, render_knobs
 from models.core import Trace
 from models.vit import STATIC_TOP_K
 
@@ -46,7 +46,7 @@ def expert_trace(name: str, key: str, top_k: int, capacity: float, _x: torch.Ten
     return load_model(name).trace(_x, mode="none", top_k=top_k, capacity=capacity)
 
 
-def run(picked: InputImage, x: torch.Tensor, top_k: int, capacity: float) -> tuple[Trace, float, float]:
+def run(picked: InputImage, x: torch.Tensor, top_k: int, capacity: float) -> tuple[Trace, Timing]:
     """The trace, its latency and the static network's, measured once per routing outcome
     (experts called, choices served)."""
     trace = expert_trace(MODEL, picked.key, top_k, capacity, x)
@@ -54,7 +54,7 @@ def run(picked: InputImage, x: torch.Tensor, top_k: int, capacity: float) -> tup
     # the static setting measures only itself: a capacity that drops nothing routes like it,
     # but a shared entry measured at that capacity showed the full network "1.03x" itself
     static = load_model(MODEL).runs_static(**trace.knobs)
-    return trace, *path_latency(MODEL, picked.key, (top_k, path, static), x, trace.knobs)[1:]
+    return trace, path_latency(MODEL, picked.key, (top_k, path, static), x, trace.knobs)[1]
 
 
 def layer_names(trace: Trace) -> list[str]:
@@ -167,7 +167,7 @@ def render_expert_run(picked: InputImage, x: torch.Tensor) -> None:
             with col:
                 values |= render_knobs((knob,), defaults, key_of=lambda key: state.knob_key(MODEL, key))
     top_k, capacity = round(values["top_k"]), float(values["capacity"])
-    trace, latency, static_latency = run(picked, x, top_k, capacity)
+    trace, timing = run(picked, x, top_k, capacity)
     static = expert_trace(MODEL, picked.key, model.static_knobs["top_k"], model.static_knobs["capacity"], x)
     moe = trace.extras["moe"]
     with top_left:
@@ -177,7 +177,7 @@ def render_expert_run(picked: InputImage, x: torch.Tensor) -> None:
         # each MoE layer routes every token, the class token too: the count is summed over layers
         dropped = (f"Tokens dropped ({len(moe)} MoE layers)", f"{skipped} of {sum(r['tokens'] for r in moe)}")
         render_prediction(trace, picked, classes, dropped)
-        render_cost_metrics(trace, latency_ms=latency, full_latency_ms=static_latency)
+        render_cost_metrics(trace, timing=timing)
         if trace.prediction != static.prediction:
             st.caption(f"With k = {STATIC_TOP_K} and no drops, the network would say **{classes[static.prediction]}**.")
     st.caption(

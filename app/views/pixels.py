@@ -28,7 +28,7 @@ from components.figures import block_label, make_accuracy_curve, make_block_dens
 from components.images import square_thumbnail
 from components.overlays import make_mask_overlay
 from components.pictures import make_compute_map
-from components.render import render_cost_metrics
+from components.render import Timing, render_cost_metrics
 from models import available, model_class
 from models.core import Trace
 
@@ -48,11 +48,11 @@ def default_trace(name: str, key: str, _x: torch.Tensor) -> Trace:
     return load_model(name).trace(_x)
 
 
-def latency_of(trace: Trace, key: str, x: torch.Tensor) -> tuple[float, float]:
+def latency_of(trace: Trace, key: str, x: torch.Tensor) -> Timing:
     """Latency of the real run and of the dense network, measured once per set of masks."""
     masks = trace.extras["masks"]
     path = tuple(b"" if m is None else np.packbits(m).tobytes() for m in masks)
-    return path_latency(trace.model, key, path, x, trace.knobs)[1:]
+    return path_latency(trace.model, key, path, x, trace.knobs)[1]
 
 
 def render_masks(trace: Trace, image: Image.Image) -> None:
@@ -158,8 +158,7 @@ def render_masked_run(picked: InputImage, x: torch.Tensor) -> None:
         render_seen_image(picked, model.input_size)
     with top_right:
         render_prediction(trace, picked, classes, ("Conv FLOPs run", f"{100 * share:.0f}%"))
-        latency, full_latency = latency_of(trace, picked.key, x)
-        render_cost_metrics(trace, latency_ms=latency, full_latency_ms=full_latency)
+        render_cost_metrics(trace, timing=latency_of(trace, picked.key, x))
         st.caption(
             "Conv FLOPs run: the share of the masked blocks' dense convolution FLOPs. Executed sparsely (gather, "
             "compute, scatter): these FLOPs ran, and the latency is measured."

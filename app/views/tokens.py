@@ -23,7 +23,7 @@ from app.models_cache import load_model
 from components.figures import make_accuracy_curve, make_patch_heatmap, make_token_counts, vit_block_label
 from components.images import square_thumbnail
 from components.overlays import make_patch_grid, make_pruned_map, make_token_map
-from components.render import render_cost_metrics, render_knobs
+from components.render import Timing, render_cost_metrics, render_knobs
 from models.core import Trace
 
 MODEL = "vit_tokens"
@@ -39,7 +39,7 @@ def token_trace(name: str, key: str, knobs: tuple[tuple[str, Any], ...], _x: tor
     return load_model(name).trace(_x, **dict(knobs))
 
 
-def run(picked: InputImage, x: torch.Tensor, mode: str, value: float | None = None) -> tuple[Trace, float, float]:
+def run(picked: InputImage, x: torch.Tensor, mode: str, value: float | None = None) -> tuple[Trace, Timing]:
     """The trace of one token setting, its latency and the static network's, measured once per
     token path. Only the knob the mode uses goes into the cache key, so the page's own setting
     and the same setting in the prune-vs-merge comparison share one forward pass."""
@@ -53,7 +53,7 @@ def run(picked: InputImage, x: torch.Tensor, mode: str, value: float | None = No
     # computation: one measurement, so the page never shows the full network "slower than itself"
     mode = "none" if load_model(MODEL).runs_static(**trace.knobs) else trace.knobs["mode"]
     path = (mode, tuple(trace.extras["tokens_mlp"]))
-    return trace, *path_latency(MODEL, picked.key, path, x, trace.knobs)[1:]
+    return trace, path_latency(MODEL, picked.key, path, x, trace.knobs)[1]
 
 
 def token_maps(trace: Trace, image: Image.Image) -> list[tuple[Image.Image, str]]:
@@ -99,14 +99,14 @@ def render_budget_comparison(
     traces = {}
     for col, mode in zip(st.columns(2, gap="large"), ("prune", "merge"), strict=True):
         point = matched[mode]
-        trace, latency, _ = run(picked, x, mode, point["value"])
+        trace, timing = run(picked, x, mode, point["value"])
         traces[f"{CURVE_OF[mode]}, {point['value']:g}"] = trace
         with col:
             st.markdown(f"**{CURVE_OF[mode]}**, {KNOB_LABEL[mode]} {point['value']:g}")
             st.image(token_maps(trace, image)[-1][0], width=MAP_SIDE)
             st.markdown(
                 f"This image: **{classes[trace.prediction]}** ({100 * trace.confidence:.0f}%), "
-                f"{trace.mflops:.1f} MFLOPs, {latency:.1f} ms  \n"
+                f"{trace.mflops:.1f} MFLOPs, {timing.ms:.1f} ms{' (rough)' if timing.noisy else ''}  \n"
                 f"Test set: {100 * point['accuracy']:.2f}% at {point['mflops']:.1f} mean MFLOPs"
             )
     st.caption(
@@ -176,7 +176,7 @@ def render_token_run(picked: InputImage, x: torch.Tensor) -> None:
             keep = render_knobs((knob["keep_ratio"],), defaults, key_of=key_of, disabled=mode != "prune")["keep_ratio"]
         with cols[1]:
             merge_r = render_knobs((knob["merge_r"],), defaults, key_of=key_of, disabled=mode != "merge")["merge_r"]
-    trace, latency, static_latency = run(picked, x, mode, keep if mode == "prune" else merge_r)
+    trace, timing = run(picked, x, mode, keep if mode == "prune" else merge_r)
     static = token_trace(MODEL, picked.key, (("mode", "none"),), x)
     ex = trace.extras
     with top_left:
@@ -186,7 +186,7 @@ def render_token_run(picked: InputImage, x: torch.Tensor) -> None:
         render_prediction(
             trace, picked, classes, ("Tokens in the last block", f"{last} of {static.extras['tokens_attn'][-1]}")
         )
-        render_cost_metrics(trace, latency_ms=latency, full_latency_ms=static_latency)
+        render_cost_metrics(trace, timing=timing)
         if trace.prediction != static.prediction:
             st.caption(f"With every token, the network would say **{classes[static.prediction]}**.")
     image = square_thumbnail(picked.image, MAP_SIDE)
