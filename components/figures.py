@@ -168,8 +168,10 @@ def make_accuracy_curve(
                 go.Scatter(
                     x=[s["mflops"] for s in static], y=[100 * s["accuracy"] for s in static], mode="markers+text",
                     marker={"symbol": "square", "size": 9, "color": STATIC}, text=[s["label"] for s in static],
-                    # the rightmost label to the left of its marker, so the plot's edge does not cut it
-                    textposition=["bottom right"] * (len(static) - 1) + ["bottom left"], name=f"{name}: static", hovertemplate="%{text}: %{x:.1f} MFLOPs, %{y:.2f}%<extra></extra>",
+                    # the rightmost label above and to the left of its marker, so that neither the plot's
+                    # edge nor the label of its neighbour (often just left of it, as exits 5 and 6) cuts it
+                    textposition=["bottom right"] * (len(static) - 1) + ["top left"], name=f"{name}: static",
+                    hovertemplate="%{text}: %{x:.1f} MFLOPs, %{y:.2f}%<extra></extra>",
                 )
             )  # fmt: skip
     # several current points (Compare) often sit close together: their labels take turns around them

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -201,8 +202,18 @@ def video_spread(seconds: float = 60.0, frames: int = 30) -> dict:
             "frames_sampled": frames, **runs}  # fmt: skip
 
 
+def machine() -> dict:
+    """What the figures were measured on: timings from two machines are not comparable."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), None)
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    return {"cpu": model, "cores": os.cpu_count(), "avx512": "avx512f" in flags, "avx2": "avx2" in flags,
+            "torch": str(torch.__version__), "torch_threads": torch.get_num_threads()}  # fmt: skip
+
+
 def main() -> None:
     results = {
+        "machine": machine(),
         "early_exit_latency": early_exit_latency(),
         "block_skip_latency": block_skip_latency(),
         "vit_latency": vit_latency(),
