@@ -24,29 +24,43 @@ STATIC = "#7f7f7f"
 FONT = {"size": 13}
 
 
-def _layout(fig: go.Figure, *, height: int, title: str | None = None, right: int = 10, **kwargs: Any) -> go.Figure:
-    """Shared layout; ``right``: the right margin in pixels (room for labels outside the plot)."""
-    fig.update_layout(
-        height=height, margin={"l": 10, "r": right, "t": 40 if title else 10, "b": 10},
-        title=title, font=FONT, showlegend=kwargs.pop("showlegend", False), **kwargs,
+def shared_layout(*, height: int, title: str | None = None, right: int = 10, showlegend: bool = False) -> dict:
+    """The layout every figure shares; ``right``: the right margin in pixels (room for labels
+    outside the plot)."""
+    layout = {"height": height, "margin": {"l": 10, "r": right, "t": 40 if title else 10, "b": 10}, "font": FONT,
+              "showlegend": showlegend}  # fmt: skip
+    return layout | ({"title": title} if title else {})
+
+
+def make_figure(
+    data: Sequence[Any], *, height: int, title: str | None = None, right: int = 10, showlegend: bool = False,
+    shapes: Sequence[dict] = (), annotations: Sequence[dict] = (), **layout: Any,
+) -> go.Figure:  # fmt: skip
+    """A figure built in one go: its traces, the shared layout, and ``layout``'s own keys (axes
+    as ``xaxis``/``yaxis`` dicts, shapes, annotations). Plotly checks a layout passed to the
+    constructor once; ``update_layout``, ``update_xaxes`` and ``add_shape`` each walk the figure
+    again, and together they were most of what building a chart cost on every slider move (an
+    early-exit threshold move rebuilds four)."""
+    extra = {"shapes": list(shapes)} if shapes else {}
+    extra |= {"annotations": list(annotations)} if annotations else {}
+    return go.Figure(
+        data=list(data), layout=shared_layout(height=height, title=title, right=right, showlegend=showlegend) | extra
+        | layout,
     )  # fmt: skip
-    return fig
 
 
 def _hline(
-    fig: go.Figure, y: float, line: dict[str, Any], text: str, *, top: bool = False, left: bool = False,
-    outside: bool = False,
-) -> None:  # fmt: skip
-    """A labelled horizontal line across the plot; with ``outside`` the label sits in the right
-    margin, clear of the bars (give the layout room: ``right``). Plotly's ``add_hline`` does the
-    same but walks every axis of the figure on each call: about 8 ms a line, most of what
-    building the early-exit page's confidence chart cost on every slider move."""
-    fig.add_shape(type="line", xref="x domain", x0=0, x1=1, y0=y, y1=y, line=line)
+    y: float, line: dict[str, Any], text: str, *, top: bool = False, left: bool = False, outside: bool = False
+) -> tuple[dict, dict]:
+    """A labelled horizontal line across the plot, as a shape and an annotation for
+    :func:`make_figure`; with ``outside`` the label sits in the right margin, clear of the bars
+    (give the layout room: ``right``)."""
+    shape = {"type": "line", "xref": "x domain", "x0": 0, "x1": 1, "y0": y, "y1": y, "line": line}
     if outside:
-        fig.add_annotation(xref="x domain", x=1, y=y, text=text, showarrow=False, xanchor="left", xshift=4)
-        return
-    fig.add_annotation(xref="x domain", x=0 if left else 1, y=y, text=text, showarrow=False,
-                       xanchor="left" if left else "right", yanchor="bottom" if top else "top")  # fmt: skip
+        return shape, {"xref": "x domain", "x": 1, "y": y, "text": text, "showarrow": False, "xanchor": "left",
+                       "xshift": 4}  # fmt: skip
+    return shape, {"xref": "x domain", "x": 0 if left else 1, "y": y, "text": text, "showarrow": False,
+                   "xanchor": "left" if left else "right", "yanchor": "bottom" if top else "top"}  # fmt: skip
 
 
 def exit_topk(exit_probs: np.ndarray, classes: Sequence[str], k: int = 3) -> list[list[tuple[str, float]]]:
@@ -60,21 +74,13 @@ def make_exit_strip(trace: Trace, classes: Sequence[str]) -> go.Figure:
     grey, the fired exit marked. Hover shows each unit's executed FLOPs."""
     fired = trace.extras["fired_exit"]
     exit_probs = trace.extras["exit_probs"]
-    fig = go.Figure()
     xs = np.arange(len(trace.units))
-    fig.add_trace(
-        go.Scatter(x=xs, y=np.zeros_like(xs), mode="lines", line={"color": SKIPPED, "width": 3}, hoverinfo="skip")
-    )
     last_ran = max(i for i, u in enumerate(trace.units) if u.executed)
-    fig.add_trace(
-        go.Scatter(
-            x=xs[: last_ran + 1],
-            y=np.zeros(last_ran + 1),
-            mode="lines",
-            line={"color": RAN, "width": 5},
-            hoverinfo="skip",
-        )
-    )
+    data = [
+        go.Scatter(x=xs, y=np.zeros_like(xs), mode="lines", line={"color": SKIPPED, "width": 3}, hoverinfo="skip"),
+        go.Scatter(x=xs[: last_ran + 1], y=np.zeros(last_ran + 1), mode="lines", line={"color": RAN, "width": 5},
+                   hoverinfo="skip"),
+    ]  # fmt: skip
     # one marker trace per kind (not one per unit): plotly validates each trace, and this
     # figure is rebuilt on every slider move
     for kind in ("block", "exit"):
@@ -96,7 +102,7 @@ def make_exit_strip(trace: Trace, classes: Sequence[str]) -> go.Figure:
             status = "fired" if is_exit and unit.decision else "ran" if unit.executed else "not computed"
             hovers.append(f"{labels[-1]}: {status}<br>{unit.flops / 1e6:.1f} MFLOPs executed "
                           f"(static net: {unit.full_flops / 1e6:.1f}){guess}")  # fmt: skip
-        fig.add_trace(
+        data.append(
             go.Scatter(
                 x=idx, y=[0] * len(idx), mode="markers+text", text=labels, customdata=hovers,
                 marker={"symbol": "diamond" if kind == "exit" else "square", "size": 34 if kind == "exit" else 44,
@@ -106,11 +112,10 @@ def make_exit_strip(trace: Trace, classes: Sequence[str]) -> go.Figure:
             )
         )  # fmt: skip
     fired_x = next(i for i, u in enumerate(trace.units) if u.kind == "exit" and u.decision)
-    fig.add_annotation(x=fired_x, y=0.9, text=f"<b>exit {fired + 1} fired</b>", showarrow=True, arrowhead=2, ay=-10,
-                       font={"color": FIRED})  # fmt: skip
-    fig.update_xaxes(visible=False, range=[-0.7, len(xs) - 0.3])
-    fig.update_yaxes(visible=False, range=[-1.6, 1.6])
-    return _layout(fig, height=190)
+    fired_label = {"x": fired_x, "y": 0.9, "text": f"<b>exit {fired + 1} fired</b>", "showarrow": True, "arrowhead": 2,
+                   "ay": -10, "font": {"color": FIRED}}  # fmt: skip
+    return make_figure(data, height=190, annotations=[fired_label], xaxis={"visible": False, "range": [-0.7, len(xs) - 0.3]},
+                   yaxis={"visible": False, "range": [-1.6, 1.6]})  # fmt: skip
 
 
 def make_exit_confidence(trace: Trace, threshold: float, classes: Sequence[str], criterion_label: str) -> go.Figure:
@@ -124,16 +129,14 @@ def make_exit_confidence(trace: Trace, threshold: float, classes: Sequence[str],
     colours = [FIRED if u.decision else EXIT if u.executed else SKIPPED for u in exits]
     patterns = ["" if u.executed else "/" for u in exits]
     guesses = [classes[int(np.argmax(p))] for p in exit_probs]
-    fig = go.Figure(
-        go.Bar(
-            x=[f"exit {k + 1}<br><i>{guess}</i>" for k, guess in enumerate(guesses)], y=scores,
-            marker={"color": colours, "pattern": {"shape": patterns}}, customdata=guesses,
-            hovertemplate="confidence %{y:.3f}<br>top class %{customdata}<extra></extra>",
-        )
+    bars = go.Bar(
+        x=[f"exit {k + 1}<br><i>{guess}</i>" for k, guess in enumerate(guesses)], y=scores,
+        marker={"color": colours, "pattern": {"shape": patterns}}, customdata=guesses,
+        hovertemplate="confidence %{y:.3f}<br>top class %{customdata}<extra></extra>",
     )  # fmt: skip
-    _hline(fig, threshold, {"color": "black", "dash": "dash"}, f"threshold {threshold:.2f}", outside=True)
-    fig.update_yaxes(range=[0, 1.05], title=criterion_label)
-    return _layout(fig, height=300, right=100)
+    line, label = _hline(threshold, {"color": "black", "dash": "dash"}, f"threshold {threshold:.2f}", outside=True)
+    return make_figure([bars], height=300, right=100, shapes=[line], annotations=[label],
+                   yaxis={"range": [0, 1.05], "title": criterion_label})  # fmt: skip
 
 
 def make_accuracy_curve(
@@ -151,10 +154,10 @@ def make_accuracy_curve(
         current: name -> (mflops, accuracy) of the operating point on screen.
         label_current: write each current point's name next to it (several on one chart).
     """
-    fig = go.Figure()
+    data = []
     for name, curve in curves.items():
         pts = sorted(curve["points"], key=lambda p: p["mflops"])
-        fig.add_trace(
+        data.append(
             go.Scatter(
                 x=[p["mflops"] for p in pts], y=[100 * p["accuracy"] for p in pts], mode="lines", name=name,
                 customdata=[p["value"] for p in pts],
@@ -164,7 +167,7 @@ def make_accuracy_curve(
         )  # fmt: skip
         static = curve.get("static", [])
         if static:
-            fig.add_trace(
+            data.append(
                 go.Scatter(
                     x=[s["mflops"] for s in static], y=[100 * s["accuracy"] for s in static], mode="markers+text",
                     marker={"symbol": "square", "size": 9, "color": STATIC}, text=[s["label"] for s in static],
@@ -177,7 +180,7 @@ def make_accuracy_curve(
     # several current points (Compare) often sit close together: their labels take turns around them
     positions = ("top left", "bottom right", "top right", "bottom left")
     for i, (name, (mflops, acc)) in enumerate((current or {}).items()):
-        fig.add_trace(
+        data.append(
             go.Scatter(
                 x=[mflops], y=[100 * acc], mode="markers+text" if label_current else "markers", name=f"{name}: now",
                 text=[name], textposition=positions[i % len(positions)],
@@ -185,19 +188,17 @@ def make_accuracy_curve(
                 hovertemplate="current setting<br>%{x:.1f} MFLOPs, %{y:.2f}%<extra></extra>",
             )
         )  # fmt: skip
-    fig.update_xaxes(title="mean MFLOPs per test image")
-    fig.update_yaxes(title="test top-1 accuracy (%)")
-    return _layout(fig, height=360, showlegend=True, legend={"orientation": "h", "y": -0.25})
+    return make_figure(data, height=360, showlegend=True, legend={"orientation": "h", "y": -0.25},
+                   xaxis={"title": "mean MFLOPs per test image"}, yaxis={"title": "test top-1 accuracy (%)"})  # fmt: skip
 
 
 def make_exit_share(point: dict[str, Any]) -> go.Figure:
     """Share of test images leaving at each exit at one threshold."""
     share = point["exit_share"]
     names = [f"exit {k + 1}" for k in range(len(share))]
-    fig = go.Figure(go.Bar(x=names, y=[100 * s for s in share], marker_color=EXIT, text=[f"{100 * s:.0f}%" for s in share],
-                           textposition="outside", cliponaxis=False, hovertemplate="%{x}: %{y:.1f}% of test images<extra></extra>"))  # fmt: skip
-    fig.update_yaxes(title="% of test images", range=[0, 110])
-    return _layout(fig, height=280)
+    bars = go.Bar(x=names, y=[100 * s for s in share], marker_color=EXIT, text=[f"{100 * s:.0f}%" for s in share],
+                  textposition="outside", cliponaxis=False, hovertemplate="%{x}: %{y:.1f}% of test images<extra></extra>")  # fmt: skip
+    return make_figure([bars], height=280, yaxis={"title": "% of test images", "range": [0, 110]})
 
 
 def make_class_exit_heatmap(point: dict[str, Any], classes: Sequence[str]) -> go.Figure:
@@ -205,15 +206,12 @@ def make_class_exit_heatmap(point: dict[str, Any], classes: Sequence[str]) -> go
     counts = np.asarray(point["class_exit_counts"], dtype=float)  # (C, K)
     share = counts / counts.sum(1, keepdims=True).clip(min=1)
     names = [f"exit {k + 1}" for k in range(counts.shape[1])]
-    fig = go.Figure(
-        go.Heatmap(
-            z=100 * share, x=names, y=list(classes), colorscale="Blues", zmin=0, zmax=100,
-            text=np.round(100 * share).astype(int), texttemplate="%{text}", colorbar={"title": "%"},
-            hovertemplate="%{y}: %{z:.1f}% leave at %{x}<extra></extra>",
-        )
+    heat = go.Heatmap(
+        z=100 * share, x=names, y=list(classes), colorscale="Blues", zmin=0, zmax=100,
+        text=np.round(100 * share).astype(int), texttemplate="%{text}", colorbar={"title": "%"},
+        hovertemplate="%{y}: %{z:.1f}% leave at %{x}<extra></extra>",
     )  # fmt: skip
-    fig.update_yaxes(autorange="reversed")
-    return _layout(fig, height=360)
+    return make_figure([heat], height=360, yaxis={"autorange": "reversed"})
 
 
 def block_label(i: int, per_stage: int) -> str:
@@ -230,8 +228,8 @@ def make_block_path(trace: Trace) -> go.Figure:
     gates_on = any(p is not None for p in trace.extras["gate_probs"])
     xs = np.arange(len(units))
     path_y = [0.0 if u.executed else -0.75 for u in units]
-    fig = go.Figure(go.Scatter(x=xs, y=path_y, mode="lines", line={"color": RAN, "width": 4, "shape": "spline"},
-                               hoverinfo="skip"))  # fmt: skip
+    data = [go.Scatter(x=xs, y=path_y, mode="lines", line={"color": RAN, "width": 4, "shape": "spline"},
+                       hoverinfo="skip")]  # fmt: skip
     groups = {
         "layer": [i for i, u in enumerate(units) if u.kind == "layer"],
         "ran": [i for i, u in enumerate(units) if u.kind == "block" and u.executed],
@@ -264,47 +262,42 @@ def make_block_path(trace: Trace) -> go.Figure:
                           colorbar={"title": "gate p", "len": 0.9, "thickness": 12})  # fmt: skip
         else:
             marker["color"] = RAN
-        fig.add_trace(
+        data.append(
             go.Scatter(
                 x=idx, y=[0] * len(idx), mode="markers+text", marker=marker, text=labels, customdata=hovers,
                 textposition="top center", hovertemplate="%{customdata}<extra></extra>",
             )
         )  # fmt: skip
+    stages = []
     for stage, shape in enumerate(trace.extras["stage_shapes"]):
         xs_stage = [i for i, u in enumerate(units) if u.kind == "block" and int(u.name[5:]) // per_stage == stage]
-        fig.add_annotation(
-            x=float(np.mean(xs_stage)), y=1.15, text=f"<b>stage {stage + 1}</b>: {shape}", showarrow=False
-        )
-    fig.update_xaxes(visible=False, range=[-0.7, len(units) - 0.3])
-    fig.update_yaxes(visible=False, range=[-1.1, 1.35])
-    return _layout(fig, height=240)
+        stages.append({"x": float(np.mean(xs_stage)), "y": 1.15, "text": f"<b>stage {stage + 1}</b>: {shape}",
+                       "showarrow": False})  # fmt: skip
+    return make_figure(data, height=240, annotations=stages, xaxis={"visible": False, "range": [-0.7, len(units) - 0.3]},
+                   yaxis={"visible": False, "range": [-1.1, 1.35]})  # fmt: skip
 
 
 def make_blocks_histogram(point: dict[str, Any]) -> go.Figure:
     """How many gated blocks the test images ran at one threshold."""
     counts = np.asarray(point["blocks_histogram"], dtype=float)
     share = 100 * counts / counts.sum()
-    fig = go.Figure(go.Bar(x=list(range(len(counts))), y=share, marker_color=RAN, text=[f"{s:.0f}%" for s in share],
-                           textposition="outside", cliponaxis=False,
-                           hovertemplate="%{x} blocks run: %{y:.1f}% of test images<extra></extra>"))  # fmt: skip
-    fig.update_xaxes(title="gated blocks run", dtick=1)
-    fig.update_yaxes(title="% of test images", range=[0, max(share.max() * 1.2, 10)])
-    return _layout(fig, height=300)
+    bars = go.Bar(x=list(range(len(counts))), y=share, marker_color=RAN, text=[f"{s:.0f}%" for s in share],
+                  textposition="outside", cliponaxis=False,
+                  hovertemplate="%{x} blocks run: %{y:.1f}% of test images<extra></extra>")  # fmt: skip
+    return make_figure([bars], height=300, xaxis={"title": "gated blocks run", "dtick": 1},
+                   yaxis={"title": "% of test images", "range": [0, max(share.max() * 1.2, 10)]})  # fmt: skip
 
 
 def make_class_block_heatmap(point: dict[str, Any], classes: Sequence[str], per_stage: int) -> go.Figure:
     """Rows: true class; columns: gated block; cell: how often that class's images ran it."""
     rate = 100 * np.asarray(point["class_block_rate"])  # (C, N)
     names = [block_label(i, per_stage) for i in range(rate.shape[1])]
-    fig = go.Figure(
-        go.Heatmap(
-            z=rate, x=names, y=list(classes), colorscale="Blues", zmin=0, zmax=100,
-            text=np.round(rate).astype(int), texttemplate="%{text}", colorbar={"title": "% run"},
-            hovertemplate="%{y}: block %{x} runs for %{z:.1f}%<extra></extra>",
-        )
+    heat = go.Heatmap(
+        z=rate, x=names, y=list(classes), colorscale="Blues", zmin=0, zmax=100,
+        text=np.round(rate).astype(int), texttemplate="%{text}", colorbar={"title": "% run"},
+        hovertemplate="%{y}: block %{x} runs for %{z:.1f}%<extra></extra>",
     )  # fmt: skip
-    fig.update_yaxes(autorange="reversed")
-    return _layout(fig, height=360)
+    return make_figure([heat], height=360, yaxis={"autorange": "reversed"})
 
 
 # --- transformer: tokens and experts ------------------------------------------------------------
@@ -318,67 +311,62 @@ def vit_block_label(i: int) -> str:
 def make_token_counts(traces: dict[str, Trace]) -> go.Figure:
     """Tokens (class token included) each block's attention ran on, one line per trace (the
     static network keeps every token in every block)."""
-    fig = go.Figure()
+    data = []
     colours = (STATIC, RAN, EXIT, FIRED)
     for (name, trace), colour in zip(traces.items(), colours, strict=False):
         counts = trace.extras["tokens_attn"]
-        fig.add_trace(
+        data.append(
             go.Scatter(
                 x=[vit_block_label(i) for i in range(len(counts))], y=counts, mode="lines+markers+text", name=name,
                 text=counts, textposition="top center", line={"color": colour},
                 hovertemplate="%{x}: %{y} tokens<extra>" + name + "</extra>",
             )
         )  # fmt: skip
-    fig.update_yaxes(title="tokens into attention", rangemode="tozero")
-    return _layout(fig, height=300, showlegend=True, legend={"orientation": "h", "y": -0.2})
+    return make_figure(data, height=300, showlegend=True, legend={"orientation": "h", "y": -0.2},
+                   yaxis={"title": "tokens into attention", "rangemode": "tozero"})  # fmt: skip
 
 
 def make_patch_heatmap(values: np.ndarray, *, title: str, label: str, zmax: float | None = None) -> go.Figure:
     """An ``(8, 8)`` per-patch quantity (class-token attention, router confidence) on the grid,
     the image's top row at the top."""
-    fig = go.Figure(
-        go.Heatmap(
-            z=values, colorscale="Viridis", zmin=0, zmax=zmax, colorbar={"title": label, "thickness": 12},
-            hovertemplate="patch row %{y}, column %{x}: %{z:.3f}<extra></extra>",
-        )
+    heat = go.Heatmap(
+        z=values, colorscale="Viridis", zmin=0, zmax=zmax, colorbar={"title": label, "thickness": 12},
+        hovertemplate="patch row %{y}, column %{x}: %{z:.3f}<extra></extra>",
     )  # fmt: skip
-    fig.update_yaxes(autorange="reversed", visible=False, scaleanchor="x")
-    fig.update_xaxes(visible=False)
-    return _layout(fig, height=260, title=title)
+    return make_figure([heat], height=260, title=title, xaxis={"visible": False},
+                   yaxis={"autorange": "reversed", "visible": False, "scaleanchor": "x"})  # fmt: skip
 
 
 def make_expert_load(record: dict[str, Any]) -> go.Figure:
     """One MoE layer on this image: tokens that chose each expert (demand), tokens it served
     (load), and its capacity (the buffer size; the rest is dropped)."""
     experts = [f"expert {e + 1}" for e in range(len(record["load"]))]
-    fig = go.Figure()
-    fig.add_bar(x=experts, y=record["demand"], name="chosen", marker_color=SKIPPED,
-                hovertemplate="%{x}: chosen by %{y} tokens<extra></extra>")  # fmt: skip
     colours = [f"rgb{group_colour(e)}" for e in range(len(experts))]  # the expert maps' colours
-    fig.add_bar(x=experts, y=record["load"], name="served", marker_color=colours,
-                hovertemplate="%{x}: served %{y} tokens<extra></extra>")  # fmt: skip
+    data = [
+        go.Bar(x=experts, y=record["demand"], name="chosen", marker_color=SKIPPED,
+               hovertemplate="%{x}: chosen by %{y} tokens<extra></extra>"),
+        go.Bar(x=experts, y=record["load"], name="served", marker_color=colours,
+               hovertemplate="%{x}: served %{y} tokens<extra></extra>"),
+    ]  # fmt: skip
+    lines = []
     if record["capacity"] < record["tokens"]:
-        _hline(
-            fig,
-            record["capacity"],
-            {"color": FIRED, "dash": "dash"},
-            f"capacity {record['capacity']}",
-            top=True,
-            left=True,
-        )
-    fig.update_yaxes(title="tokens", rangemode="tozero")
-    return _layout(fig, height=280, showlegend=True, barmode="overlay", legend={"orientation": "h", "y": -0.2})
+        lines.append(_hline(record["capacity"], {"color": FIRED, "dash": "dash"}, f"capacity {record['capacity']}",
+                            top=True, left=True))  # fmt: skip
+    return make_figure(data, height=280, showlegend=True, barmode="overlay", legend={"orientation": "h", "y": -0.2},
+                   shapes=[s for s, _ in lines], annotations=[a for _, a in lines],
+                   yaxis={"title": "tokens", "rangemode": "tozero"})  # fmt: skip
 
 
 def make_expert_share(shares: Sequence[Sequence[float]], layers: Sequence[str]) -> go.Figure:
     """Share of served expert choices each expert took on the test set, per MoE layer."""
-    fig = go.Figure()
-    for layer, share in zip(layers, shares, strict=True):
-        fig.add_bar(x=[f"expert {e + 1}" for e in range(len(share))], y=[100 * s for s in share], name=layer,
-                    hovertemplate="%{x}: %{y:.1f}% of choices<extra>" + layer + "</extra>")  # fmt: skip
-    _hline(fig, 100 / len(shares[0]), {"color": STATIC, "dash": "dot"}, "balanced", top=True)
-    fig.update_yaxes(title="% of served choices", rangemode="tozero")
-    return _layout(fig, height=280, showlegend=True, legend={"orientation": "h", "y": -0.2})
+    data = [
+        go.Bar(x=[f"expert {e + 1}" for e in range(len(share))], y=[100 * s for s in share], name=layer,
+               hovertemplate="%{x}: %{y:.1f}% of choices<extra>" + layer + "</extra>")
+        for layer, share in zip(layers, shares, strict=True)
+    ]  # fmt: skip
+    line, label = _hline(100 / len(shares[0]), {"color": STATIC, "dash": "dot"}, "balanced", top=True)
+    return make_figure(data, height=280, showlegend=True, legend={"orientation": "h", "y": -0.2}, shapes=[line],
+                   annotations=[label], yaxis={"title": "% of served choices", "rangemode": "tozero"})  # fmt: skip
 
 
 def make_class_expert_heatmap(share: np.ndarray, classes: Sequence[str], layer: str) -> go.Figure:
@@ -389,16 +377,13 @@ def make_class_expert_heatmap(share: np.ndarray, classes: Sequence[str], layer: 
         share: ``(C, E)``, one layer of the eval table's ``class_expert_share``.
     """
     z = 100 * np.asarray(share)
-    fig = go.Figure(
-        go.Heatmap(
-            # scaled to the largest share (about 25% each when balanced): a 0-100 scale washes it out
-            z=z, x=[f"expert {e + 1}" for e in range(z.shape[1])], y=list(classes), colorscale="Blues", zmin=0,
-            zmax=max(float(z.max()), 1.0), text=np.round(z).astype(int), texttemplate="%{text}", colorbar={"title": "%"},
-            hovertemplate="%{y}: %{z:.1f}% of choices go to %{x}<extra></extra>",
-        )
+    heat = go.Heatmap(
+        # scaled to the largest share (about 25% each when balanced): a 0-100 scale washes it out
+        z=z, x=[f"expert {e + 1}" for e in range(z.shape[1])], y=list(classes), colorscale="Blues", zmin=0,
+        zmax=max(float(z.max()), 1.0), text=np.round(z).astype(int), texttemplate="%{text}", colorbar={"title": "%"},
+        hovertemplate="%{y}: %{z:.1f}% of choices go to %{x}<extra></extra>",
     )  # fmt: skip
-    fig.update_yaxes(autorange="reversed")
-    return _layout(fig, height=360, title=layer)
+    return make_figure([heat], height=360, title=layer, yaxis={"autorange": "reversed"})
 
 
 def make_knob_sweep(
@@ -410,18 +395,16 @@ def make_knob_sweep(
     values = [p["value"] for p in points]
     bars = [p[bar_key] * (100 if bar_key.endswith("share") else 1) for p in points]
     now = min(range(len(values)), key=lambda i: abs(values[i] - current))
-    fig = go.Figure()
-    fig.add_bar(x=[f"{v:g}" for v in values], y=bars, name=bar_label,
-                marker={"color": [FIRED if i == now else RAN for i in range(len(values))]},
-                hovertemplate=f"{knob_label} %{{x}}: %{{y:.1f}}<extra>{bar_label}</extra>")  # fmt: skip
-    fig.add_trace(
+    data = [
+        go.Bar(x=[f"{v:g}" for v in values], y=bars, name=bar_label,
+               marker={"color": [FIRED if i == now else RAN for i in range(len(values))]},
+               hovertemplate=f"{knob_label} %{{x}}: %{{y:.1f}}<extra>{bar_label}</extra>"),
         go.Scatter(x=[f"{v:g}" for v in values], y=[100 * p["accuracy"] for p in points], yaxis="y2", name="test accuracy (%)",
-                   mode="lines+markers", line={"color": EXIT}, hovertemplate="%{y:.2f}%<extra>test accuracy</extra>")
-    )  # fmt: skip
-    fig.update_xaxes(title=knob_label, type="category")
-    fig.update_yaxes(title=bar_label, rangemode="tozero")
-    return _layout(
-        fig, height=300, showlegend=True, legend={"orientation": "h", "y": -0.3},
+                   mode="lines+markers", line={"color": EXIT}, hovertemplate="%{y:.2f}%<extra>test accuracy</extra>"),
+    ]  # fmt: skip
+    return make_figure(
+        data, height=300, showlegend=True, legend={"orientation": "h", "y": -0.3},
+        xaxis={"title": knob_label, "type": "category"}, yaxis={"title": bar_label, "rangemode": "tozero"},
         yaxis2={"title": "test accuracy (%)", "overlaying": "y", "side": "right", "showgrid": False},
     )  # fmt: skip
 
@@ -465,7 +448,9 @@ def make_video_timeline(
     if decisions and all(float(d).is_integer() for d in decisions):  # exits, blocks, tokens: no ticks between counts
         fig.update_yaxes(tickformat="d", dtick=max(1, math.ceil((max(decisions) - min(decisions)) / 6)), row=2, col=1)
     fig.update_xaxes(title="time in the video (s)", row=3, col=1)
-    return _layout(fig, height=580).update_layout(margin_t=36)  # room for the first subplot's title
+    layout = shared_layout(height=580)
+    layout["margin"]["t"] = 36  # room for the first subplot's title
+    return fig.update_layout(**layout)
 
 
 def make_block_density(point: dict[str, Any], per_stage: int) -> go.Figure:
@@ -473,11 +458,11 @@ def make_block_density(point: dict[str, Any], per_stage: int) -> go.Figure:
     and the share of its dense convolution FLOPs that ran (the first convolution runs on the
     mask grown by its 3x3 kernel, so it costs more than the mask's share)."""
     names = [block_label(i, per_stage) for i in range(len(point["block_density"]))]
-    fig = go.Figure()
-    fig.add_bar(x=names, y=[100 * d for d in point["block_density"]], name="positions kept", marker_color=RAN,
-                hovertemplate="block %{x}: %{y:.1f}% of positions<extra></extra>")  # fmt: skip
-    fig.add_bar(x=names, y=[100 * c for c in point["block_conv_share"]], name="conv FLOPs run", marker_color=EXIT,
-                hovertemplate="block %{x}: %{y:.1f}% of its conv FLOPs<extra></extra>")  # fmt: skip
-    fig.update_yaxes(title="% (test-set mean)", range=[0, 100])
-    fig.update_xaxes(title="block (stage.block)")
-    return _layout(fig, height=320, showlegend=True, barmode="group", legend={"orientation": "h", "y": -0.3})
+    data = [
+        go.Bar(x=names, y=[100 * d for d in point["block_density"]], name="positions kept", marker_color=RAN,
+               hovertemplate="block %{x}: %{y:.1f}% of positions<extra></extra>"),
+        go.Bar(x=names, y=[100 * c for c in point["block_conv_share"]], name="conv FLOPs run", marker_color=EXIT,
+               hovertemplate="block %{x}: %{y:.1f}% of its conv FLOPs<extra></extra>"),
+    ]  # fmt: skip
+    return make_figure(data, height=320, showlegend=True, barmode="group", legend={"orientation": "h", "y": -0.3},
+                   xaxis={"title": "block (stage.block)"}, yaxis={"title": "% (test-set mean)", "range": [0, 100]})  # fmt: skip

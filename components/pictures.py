@@ -15,7 +15,7 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
-from components.figures import RAN, SKIPPED, _layout, make_block_path, make_exit_strip
+from components.figures import RAN, SKIPPED, make_block_path, make_exit_strip, make_figure
 from components.overlays import make_compute_count, make_heat_overlay, make_pruned_map, make_token_map
 from models.core import Trace
 
@@ -83,8 +83,8 @@ def make_final_tokens(trace: Trace, image: Image.Image) -> Image.Image:
 def make_unit_flops(trace: Trace) -> go.Figure:
     """Every unit's executed MFLOPs against what the static network spends there."""
     names = [u.name for u in trace.units]
-    fig = go.Figure()
-    fig.add_bar(x=names, y=[u.full_flops / 1e6 for u in trace.units], name="static", marker_color=SKIPPED)
-    fig.add_bar(x=names, y=[u.flops / 1e6 for u in trace.units], name="executed", marker_color=RAN)
-    fig.update_yaxes(title="MFLOPs")
-    return _layout(fig, height=240, barmode="overlay", showlegend=True)
+    data = [
+        go.Bar(x=names, y=[u.full_flops / 1e6 for u in trace.units], name="static", marker_color=SKIPPED),
+        go.Bar(x=names, y=[u.flops / 1e6 for u in trace.units], name="executed", marker_color=RAN),
+    ]
+    return make_figure(data, height=240, barmode="overlay", showlegend=True, yaxis={"title": "MFLOPs"})
