@@ -61,6 +61,11 @@ class Split:
         return Split(self.images[:n], self.labels[:n])
 
 
+DOWNLOAD_HELP = (
+    "with no --data and no $DYNN_CIFAR10: download CIFAR-10 with torchvision (about 170 MB, once) into the user cache"
+)
+
+
 def cache_dir() -> Path:
     """The user cache folder for decoded splits (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
     root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -161,7 +166,7 @@ def load_split(split: str, source: str | os.PathLike | None = None, *, download:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     path = resolve_source(source)
     if path is None and not download:
-        raise FileNotFoundError(f"no CIFAR-10 source: pass --data or set ${ENV_VAR}")
+        raise FileNotFoundError(f"no CIFAR-10 source: pass --data, set ${ENV_VAR}, or pass --download")
     images, labels = _cached_raw(path, "test" if split == "test" else "train")
     if split == "test":
         picks = np.arange(len(labels))

@@ -23,7 +23,7 @@ import torch
 
 import models
 from models.core import EVAL_DIR, DynamicModel
-from models.data import SPLITS, Split, load_split, resolve_source, to_tensor
+from models.data import DOWNLOAD_HELP, SPLITS, Split, load_split, resolve_source, to_tensor
 
 SUBSET = 500  # test images the model-contract tests re-evaluate against the card
 
@@ -62,11 +62,11 @@ def positive_int(text: str) -> int:
     return value
 
 
-def write(model: DynamicModel, data: str | None) -> dict[str, Any]:
+def write(model: DynamicModel, data: str | None, *, download: bool = False) -> dict[str, Any]:
     """Calibrate on val, evaluate on test, write the eval table and update the card."""
-    val_table = evaluate(model, load_split("val", data))
+    val_table = evaluate(model, load_split("val", data, download=download))
     defaults = model.calibrate(val_table)
-    test = load_split("test", data)
+    test = load_split("test", data, download=download)
     table = {**evaluate(model, test), "split": "test", "default_knobs": defaults}
     table["summary"] = model.summarise(table, val_table)
     subset = evaluate(model, test.head(SUBSET))
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, choices=models.available())
     p.add_argument("--data", help="CIFAR-10 zip or folder (default: $DYNN_CIFAR10)")
+    p.add_argument("--download", action="store_true", help=DOWNLOAD_HELP)
     p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--limit", type=positive_int, help="evaluate the first N (class-balanced) images")
     p.add_argument("--weights", type=Path, help="weights file (default: the committed one)")
@@ -111,9 +112,9 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--write measures the committed weights on the whole test split: drop --weights/--limit/--split")
     model = models.model_class(args.model)().load_weights(args.weights)
     if args.write:
-        table = write(model, args.data)
+        table = write(model, args.data, download=args.download)
     else:
-        table = evaluate(model, load_split(args.split, args.data).head(args.limit))
+        table = evaluate(model, load_split(args.split, args.data, download=args.download).head(args.limit))
         table["split"] = args.split
     print(json.dumps(table))
 

@@ -35,13 +35,14 @@ from safetensors.torch import save_file
 
 import models
 from models.core import WEIGHTS_DIR
-from models.data import Split, augment, load_split, resolve_source, to_tensor
+from models.data import DOWNLOAD_HELP, Split, augment, load_split, resolve_source, to_tensor
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, choices=models.available())
     p.add_argument("--data", help="CIFAR-10 zip or folder (default: $DYNN_CIFAR10)")
+    p.add_argument("--download", action="store_true", help=DOWNLOAD_HELP)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=0.2, help="peak learning rate")
@@ -136,9 +137,8 @@ RESUME_ONLY = ("--checkpoint", "--stop-after")  # how a run was split, not what 
 def schedule_of(args: argparse.Namespace) -> dict:
     """What the run trains: the recipe's arguments and the data source's identity."""
     source = resolve_source(args.data)
-    data = (
-        f"{source.name}, {source.stat().st_size} bytes" if source and source.is_file() else str(source and source.name)
-    )
+    data = "torchvision's download" if source is None else source.name
+    data += f", {source.stat().st_size} bytes" if source and source.is_file() else ""
     return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k in SCHEDULE} | {"data": data}
 
 
@@ -204,8 +204,8 @@ def train(args: argparse.Namespace) -> dict:
     resumed = load_checkpoint(args)
     init = model.init_from(args.init) if args.init and resumed is None else None
     record = first_session(args, model) if resumed is None else resumed["record"]
-    train_split = load_split("train", args.data).head(args.limit)
-    val_split = load_split("val", args.data).head(args.limit)
+    train_split = load_split("train", args.data, download=args.download).head(args.limit)
+    val_split = load_split("val", args.data, download=args.download).head(args.limit)
     model = model.to(memory_format=torch.channels_last)  # ~15% faster with bf16 on CPU
     x_all = to_tensor(train_split.images, model.mean, model.std)
     y_all = torch.from_numpy(train_split.labels)

@@ -102,3 +102,31 @@ def test_head_refuses_non_positive_sizes(tiny_sources):
     zpath, _ = tiny_sources
     with pytest.raises(ValueError):
         load_split("test", zpath).head(0)
+
+
+def test_download_fetches_torchvisions_copy_for_the_clis(tmp_path, monkeypatch, capsys):
+    """With no --data and no $DYNN_CIFAR10, ``--download`` gets CIFAR-10 from torchvision into
+    the user cache (faked here: this machine has no network), for training and evaluation."""
+    import json
+
+    from models import data, evaluate, train
+
+    monkeypatch.delenv("DYNN_CIFAR10", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    asked = []
+
+    def fake_download(folder):
+        asked.append(folder)
+        n = 200 if folder == "train" else 50
+        rng = np.random.default_rng(0)
+        return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), np.arange(n, dtype=np.int64) % 10
+
+    monkeypatch.setattr(data, "_torchvision_split", fake_download)
+    with pytest.raises(FileNotFoundError, match="--download"):
+        evaluate.main(["--model", "early_exit", "--limit", "20"])
+    evaluate.main(["--model", "early_exit", "--limit", "20", "--download"])
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["n"] == 20
+    train.main(["--model", "early_exit", "--epochs", "1", "--limit", "32", "--batch-size", "32", "--download",
+                "--out", str(tmp_path / "out")])  # fmt: skip
+    card = json.loads((tmp_path / "out" / "early_exit.json").read_text())
+    assert "torchvision" in card["training"]["data"] and asked == ["test", "train"]  # each fetched once, then cached
