@@ -50,7 +50,11 @@ ATTRIBUTION_MODEL = "attribution:model"  # which model the attribution panel exp
 ATTRIBUTION_SLOW = "attribution:slow"  # the (model, image, knobs) whose slow attributions were asked for
 
 
-KEPT = "knob:"  # the model pages' knobs and toggles: static ranges, drawn by render_knobs without a default
+# kept between pages: the model pages' knobs and toggles, and the Compare configurations (count,
+# models, knobs); all have fixed ranges and are drawn without a default once set. Not the Compare
+# budget: its range follows the chosen models.
+KEPT = ("knob:", "compare:")
+NOT_KEPT = (COMPARE_BUDGET, COMPARE_MATCHED)
 
 
 def keep_settings() -> None:
@@ -62,7 +66,7 @@ def keep_settings() -> None:
     budget) would stop the page. Run before the page on every run, and at the start of every
     fragment (:func:`knob_fragment`): a fragment's rerun drops the other widgets' values too."""
     for key in list(st.session_state):
-        if isinstance(key, str) and key.startswith(KEPT):
+        if isinstance(key, str) and key.startswith(KEPT) and key not in NOT_KEPT:
             st.session_state[key] = st.session_state[key]
 
 

@@ -102,9 +102,9 @@ def render_budget(chosen: list[str]) -> None:
 
 def render_config_controls(i: int) -> tuple[str, dict[str, Any]]:
     """Configuration ``i``'s model and knobs."""
-    names = available()
+    names, key = available(), state.compare_key(i, "model")
     name = st.selectbox(
-        "Model", names, index=i % len(names), key=state.compare_key(i, "model"),
+        "Model", names, index=None if key in st.session_state else i % len(names), key=key,
         format_func=lambda n: model_class(n).title,
     )  # fmt: skip
     model = load_model(name)
@@ -250,7 +250,11 @@ def render_compare() -> None:
     )
     if picked is None:
         return
-    count = st.segmented_control("Configurations", COUNTS, default=COUNTS[0], key=state.COMPARE_COUNT) or COUNTS[0]
+    kept = state.COMPARE_COUNT in st.session_state  # a kept value must not meet a default too
+    count = (
+        st.segmented_control("Configurations", COUNTS, default=None if kept else COUNTS[0], key=state.COMPARE_COUNT)
+        or COUNTS[0]
+    )
     names = available()
     with st.container(border=True):
         st.markdown("**Match a budget**")

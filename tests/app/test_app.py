@@ -185,6 +185,20 @@ def test_each_page_keeps_its_settings_while_the_user_visits_others():
     assert slider(at, "Gate threshold").value == 0.6 and not at.exception
 
 
+def test_compare_keeps_its_configurations_while_the_user_visits_others():
+    at = open_page(COMPARE)
+    at.segmented_control(key="compare:count").set_value(3).run()
+    at.selectbox(key="compare:1:model").set_value("pixel_mask").run()
+    at.slider(key="compare:1:pixel_mask:threshold").set_value(0.7).run()
+    at.switch_page(EARLY_EXITS).run()
+    at.switch_page(COMPARE).run()
+    assert not at.exception and not at.warning
+    assert (
+        len(at.selectbox(key="compare:2:model").options) and at.selectbox(key="compare:1:model").value == "pixel_mask"
+    )
+    assert at.slider(key="compare:1:pixel_mask:threshold").value == 0.7
+
+
 @pytest.mark.parametrize("kind", ["not a zip", "no test folder"])
 def test_an_unusable_dataset_path_gets_a_message_and_no_page_breaks(tmp_path, monkeypatch, kind):
     """``DYNN_CIFAR10`` at the wrong thing (the python tarball, an empty folder): the sidebar
