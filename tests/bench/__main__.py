@@ -182,8 +182,9 @@ def video_pipeline(seconds: float = 10.0, size: tuple[int, int] = (640, 360), fp
     }
 
 
-def video_spread(seconds: float = 60.0, frames: int = 30) -> dict:
-    """Sampling a 1-minute 640x360 clip (30 fps, a keyframe every 2 s) across its whole length:
+def video_spread(seconds: float = 60.0, frames: int = 15) -> dict:
+    """Sampling a 1-minute 640x360 clip (30 fps, a keyframe every 2 s) across its whole length, one
+    frame every 4 s (samples 2 s apart or closer are decoded straight on, not sought):
     seeking past the frames between samples, against decoding every frame (seeking off)."""
     from components import video
     from tests.support import make_video
