@@ -50,11 +50,13 @@ ATTRIBUTION_MODEL = "attribution:model"  # which model the attribution panel exp
 ATTRIBUTION_SLOW = "attribution:slow"  # the (model, image, knobs) whose slow attributions were asked for
 
 
-# kept between pages: the model pages' knobs and toggles, and the Compare configurations (count,
-# models, knobs); all have fixed ranges and are drawn without a default once set. Not the Compare
-# budget: its range follows the chosen models.
-KEPT = ("knob:", "compare:")
-NOT_KEPT = (COMPARE_BUDGET, COMPARE_MATCHED)
+# kept between pages: the model pages' knobs and toggles, the Compare configurations (count,
+# models, knobs) and the Video page's settings; all have fixed ranges and are drawn with their
+# current value (components.render.current_value). Not the Compare budget (its range follows the
+# chosen models), the video scrubber (its range follows the video), the upload (Streamlit does
+# not let a file uploader's value be set) or the decoded frames and results (data, not settings).
+KEPT = ("knob:", "compare:", "video:")
+NOT_KEPT = (COMPARE_BUDGET, COMPARE_MATCHED, VIDEO_UPLOAD, VIDEO_FRAME, VIDEO_DECODED, VIDEO_RESULTS)
 
 
 def keep_settings() -> None:

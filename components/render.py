@@ -19,21 +19,32 @@ def render_knobs(
     values: dict[str, Any] = {}
     for knob in knobs:
         key = key_of(knob.key)
-        default = defaults.get(knob.key, knob.default)
-        # a value the page set through session state (a matched budget) must not meet a default too
-        preset = key in st.session_state
+        # the widget's default is its current value: the one kept between pages or set by a
+        # matched budget. Not None: a select box without a default gets a clear button, and a
+        # cleared knob is no knob value at all.
+        current = current_value(key, defaults.get(knob.key, knob.default))
         if knob.options:
             names = dict(zip(knob.options, knob.option_labels or knob.options, strict=True))
+            index = knob.options.index(current) if current in knob.options else knob.options.index(knob.default)
             values[knob.key] = st.selectbox(
-                knob.label, knob.options, index=None if preset else knob.options.index(default), key=key,
-                help=knob.help, format_func=names.__getitem__, disabled=disabled,
+                knob.label, knob.options, index=index, key=key, help=knob.help, format_func=names.__getitem__,
+                disabled=disabled,
             )  # fmt: skip
         else:
             values[knob.key] = st.slider(
-                knob.label, float(knob.lo), float(knob.hi), None if preset else float(default),
-                step=float(knob.step), key=key, help=knob.help, disabled=disabled,
+                knob.label, float(knob.lo), float(knob.hi), float(current), step=float(knob.step), key=key,
+                help=knob.help, disabled=disabled,
             )  # fmt: skip
     return values
+
+
+def current_value(key: str, default: Any) -> Any:
+    """A widget's value as session state holds it (kept between pages, or set by the page), else
+    ``default``: what the widget is drawn with, so that a select box is never drawn without a
+    choice. Streamlit's warning about a widget given both a default and a session-state value is
+    off in ``.streamlit/config.toml``: here the two are the same value."""
+    value = st.session_state.get(key)
+    return default if value is None else value
 
 
 LATENCY_REPEATS = 3  # pairs of runs (the path, then the static network): the cost of 6 runs per new path

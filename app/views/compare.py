@@ -18,7 +18,7 @@ from components.export import Panel, make_comparison_png
 from components.figures import make_accuracy_curve
 from components.images import square_thumbnail
 from components.pictures import decision_of, mechanism_picture
-from components.render import NOISY_SPREAD, Timing, render_knobs
+from components.render import NOISY_SPREAD, Timing, current_value, render_knobs
 from models import available, model_class
 from models.core import Curve, DynamicModel, Trace
 
@@ -104,7 +104,7 @@ def render_config_controls(i: int) -> tuple[str, dict[str, Any]]:
     """Configuration ``i``'s model and knobs."""
     names, key = available(), state.compare_key(i, "model")
     name = st.selectbox(
-        "Model", names, index=None if key in st.session_state else i % len(names), key=key,
+        "Model", names, index=names.index(current_value(key, names[i % len(names)])), key=key,
         format_func=lambda n: model_class(n).title,
     )  # fmt: skip
     model = load_model(name)
@@ -250,11 +250,8 @@ def render_compare() -> None:
     )
     if picked is None:
         return
-    kept = state.COMPARE_COUNT in st.session_state  # a kept value must not meet a default too
-    count = (
-        st.segmented_control("Configurations", COUNTS, default=None if kept else COUNTS[0], key=state.COMPARE_COUNT)
-        or COUNTS[0]
-    )
+    default = current_value(state.COMPARE_COUNT, COUNTS[0])
+    count = st.segmented_control("Configurations", COUNTS, default=default, key=state.COMPARE_COUNT) or COUNTS[0]
     names = available()
     with st.container(border=True):
         st.markdown("**Match a budget**")

@@ -16,7 +16,7 @@ from app.models_cache import load_model, use_inference_threads
 from components.figures import make_video_timeline
 from components.images import square_thumbnail, to_model_input
 from components.pictures import decision_of, mechanism_picture
-from components.render import render_knobs
+from components.render import current_value, render_knobs
 from components.video import EXTENSIONS, FrameResult, Video, VideoError, read_frames, run_frames
 from models import available, model_class
 
@@ -132,11 +132,14 @@ def render_video() -> None:
     st.caption("Any model, frame by frame: what it decided over time, and the compute a video's redundancy can save.")
     file = st.file_uploader("Video", type=list(EXTENSIONS), key=state.VIDEO_UPLOAD,
                             help="mp4, webm, mov, mkv, avi or an animated gif; decoded with PyAV (FFmpeg).")  # fmt: skip
-    spread = st.radio("Sample", SAMPLING, horizontal=True, key=state.VIDEO_SPREAD, help=SAMPLING_HELP) == SAMPLING[1]
+    kept = current_value  # the page's settings are kept between pages (app.state.keep_settings)
+    sampling = SAMPLING.index(kept(state.VIDEO_SPREAD, SAMPLING[0]))
+    spread = st.radio("Sample", SAMPLING, index=sampling, horizontal=True, key=state.VIDEO_SPREAD,
+                      help=SAMPLING_HELP) == SAMPLING[1]  # fmt: skip
     a, b = st.columns(2)
-    fps = a.slider("Frames per second to sample", 0.5, 10.0, 2.0, step=0.5, key=state.VIDEO_FPS, disabled=spread,
-                   help="Not used when sampling across the whole video.")  # fmt: skip
-    max_frames = b.slider("Maximum frames", 5, 300, 60, step=5, key=state.VIDEO_MAX_FRAMES,
+    fps = a.slider("Frames per second to sample", 0.5, 10.0, kept(state.VIDEO_FPS, 2.0), step=0.5, key=state.VIDEO_FPS,
+                   disabled=spread, help="Not used when sampling across the whole video.")  # fmt: skip
+    max_frames = b.slider("Maximum frames", 5, 300, kept(state.VIDEO_MAX_FRAMES, 60), step=5, key=state.VIDEO_MAX_FRAMES,
                           help="From the start: a longer video is sampled up to this many frames. Across the whole "
                           "video: this many frames, evenly spaced.")  # fmt: skip
     if file is None:
@@ -165,14 +168,15 @@ def render_video() -> None:
     with controls:
         default = names.index("early_exit") if "early_exit" in names else 0
         name = st.selectbox(
-            "Model", names, index=default, key=state.VIDEO_MODEL, format_func=lambda n: model_class(n).title
-        )
+            "Model", names, index=names.index(kept(state.VIDEO_MODEL, names[default])), key=state.VIDEO_MODEL,
+            format_func=lambda n: model_class(n).title,
+        )  # fmt: skip
         model = load_model(name)
         defaults = {k.key: model.default_knob(k) for k in model.knobs}
         knobs = render_knobs(model.knobs, defaults, key_of=lambda key: state.video_knob_key(name, key))
     with reuse_col:
-        reuse = st.slider("Reuse below this change", 0.0, 0.2, 0.0, step=0.005, key=state.VIDEO_REUSE, help=REUSE_HELP,
-                          format="%.3f")  # fmt: skip
+        reuse = st.slider("Reuse below this change", 0.0, 0.2, kept(state.VIDEO_REUSE, 0.0), step=0.005,
+                          key=state.VIDEO_REUSE, help=REUSE_HELP, format="%.3f")  # fmt: skip
     results = frame_results(video, st.session_state[state.VIDEO_DECODED][0], name, knobs, reuse)
     render_summary(video, results, name)
     index = st.slider("Frame", 0, len(results) - 1, 0, key=state.VIDEO_FRAME) if len(results) > 1 else 0

@@ -185,6 +185,25 @@ def test_each_page_keeps_its_settings_while_the_user_visits_others():
     assert slider(at, "Gate threshold").value == 0.6 and not at.exception
 
 
+def test_kept_select_boxes_keep_a_choice_and_no_clear_button():
+    """A select box drawn without a default gets a clear button in the browser, and a cleared
+    knob stopped the page ("criterion must be one of ..., got None"). Kept and matched values
+    are drawn as the widget's default instead."""
+    at = open_page(EARLY_EXITS)
+    at.switch_page("views/overview.py").run()
+    at.switch_page(EARLY_EXITS).run()
+    criterion = at.selectbox(key="knob:early_exit:criterion")
+    assert criterion.proto.HasField("default") and criterion.value == "max_prob"
+    at.switch_page(COMPARE).run()
+    at.switch_page(EARLY_EXITS).run()
+    at.switch_page(COMPARE).run()
+    assert all(at.selectbox(key=f"compare:{i}:model").proto.HasField("default") for i in range(2))
+    at.switch_page(VIDEO).run()
+    at.switch_page(COMPARE).run()
+    at.switch_page(VIDEO).run()
+    assert at.radio(key="video:spread").proto.HasField("default") and not at.exception
+
+
 def test_compare_keeps_its_configurations_while_the_user_visits_others():
     at = open_page(COMPARE)
     at.segmented_control(key="compare:count").set_value(3).run()
@@ -365,6 +384,27 @@ def test_video_page_samples_across_the_whole_video():
     assert at.slider(key="video:fps").disabled
     caption = " ".join(c.value for c in at.caption)
     assert "one every 2.40 s across the whole video" in caption, caption
+
+
+def test_video_keeps_its_settings_while_the_user_visits_others():
+    """The sampling, the model, its knobs and the reuse threshold are kept; the upload is not
+    (Streamlit cannot set a file uploader), so the page asks for the video again."""
+    at = open_page(VIDEO)
+    at.get("file_uploader")[0].set_value(("clip.mp4", make_video(seconds=2.0), "video/mp4")).run()
+    at.radio(key="video:spread").set_value("across the whole video").run()
+    at.slider(key="video:max_frames").set_value(10).run()
+    at.selectbox(key="video:model").set_value("block_skip").run()
+    at.slider(key="video:block_skip:threshold").set_value(0.6).run()
+    at.slider(key="video:reuse").set_value(0.05).run()
+    at.switch_page(EARLY_EXITS).run()
+    at.switch_page(VIDEO).run()
+    assert not at.exception and not at.warning and any("Upload a video" in i.value for i in at.info)
+    assert (
+        at.radio(key="video:spread").value == "across the whole video" and at.slider(key="video:max_frames").value == 10
+    )
+    at.get("file_uploader")[0].set_value(("clip.mp4", make_video(seconds=2.0), "video/mp4")).run()
+    assert at.selectbox(key="video:model").value == "block_skip" and at.slider(key="video:reuse").value == 0.05
+    assert at.slider(key="video:block_skip:threshold").value == 0.6 and not at.exception
 
 
 def test_a_shorter_video_after_scrubbing_far_does_not_stop_the_page():
