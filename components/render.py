@@ -76,7 +76,7 @@ class Timing:
         if not self.noisy:
             return None
         return (
-            f"Latency is rough: its repeated runs varied up to {self.spread:.1f}x, so other work was sharing "
+            f"Latency is rough: its repeated runs varied up to {self.spread:.2f}x, so other work was sharing "
             "this machine's cores while it was measured."
         )
 

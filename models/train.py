@@ -21,7 +21,6 @@ elsewhere, where oneDNN emulates bf16 and autocast is many times slower than fp3
 from __future__ import annotations
 
 import argparse
-import hashlib
 import inspect
 import json
 import os
@@ -36,6 +35,7 @@ from safetensors.torch import save_file
 import models
 from models.core import WEIGHTS_DIR
 from models.data import DOWNLOAD_HELP, Split, augment, load_split, resolve_source, to_tensor
+from models.evaluate import sha256
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -148,7 +148,7 @@ def first_session(args: argparse.Namespace, model: models.DynamicModel) -> dict:
     training, the whole loss, the torch version."""
     start = args.init and {
         "weights": args.init.name,
-        "sha256": hashlib.sha256(args.init.read_bytes()).hexdigest(),
+        "sha256": sha256(args.init),
         "training": json.loads(args.init_card.read_text())["training"] if args.init_card else None,
     }
     return {"initialised_from": start, "loss": loss_settings(model, args.loss), "torch": [str(torch.__version__)]}

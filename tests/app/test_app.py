@@ -169,7 +169,7 @@ def test_a_latency_measured_on_a_busy_machine_is_flagged_as_rough(monkeypatch):
     )
     slider(at, "Gate threshold").set_value(0.9).run()  # another path: measured anew
     assert not at.exception and metric(at, "Latency") == "1.0 ms"
-    assert any("varied up to 4.0x" in c.value for c in at.caption), [c.value for c in at.caption]
+    assert any("varied up to 4.00x" in c.value for c in at.caption), [c.value for c in at.caption]
 
 
 def test_each_page_keeps_its_settings_while_the_user_visits_others():
