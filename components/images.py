@@ -22,6 +22,7 @@ MAX_PIXELS = 40_000_000  # below PIL's own bomb guard (89 MP warns, 179 MP refus
 MAX_SIDE = 12_000
 MAX_ASPECT = 20.0  # a 1x5000 strip would be a few pixels of content at 32x32
 WORK_SIDE = 1024  # larger images are shrunk to this longest side right after decoding
+TINY_SIDE = 32  # a picture with a side below this is enlarged for every model (their inputs are 32x32)
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
 
@@ -72,7 +73,7 @@ def load_image(data: bytes, name: str = "upload") -> LoadedImage:
     if not data:
         raise InputError(f"{name} is empty (0 bytes).")
     if len(data) > MAX_BYTES:
-        raise InputError(f"{name} is {len(data) / 2**20:.0f} MB; the limit is {MAX_BYTES // 2**20} MB.")
+        raise InputError(f"{name} is {len(data):,} bytes, over the {MAX_BYTES // 2**20} MB limit.")
     notes: list[str] = []
     with warnings.catch_warnings():
         # Pillow warns between MAX_IMAGE_PIXELS and twice that; treat the warning as a refusal.
@@ -89,19 +90,24 @@ def load_image(data: bytes, name: str = "upload") -> LoadedImage:
                 raise InputError(
                     f"{name} is {width}x{height}: too narrow to classify (aspect ratio over {MAX_ASPECT:.0f})."
                 )
-            if getattr(img, "n_frames", 1) > 1:
-                notes.append(f"Image with {img.n_frames} frames (animation or multi-picture): using the first.")
-                img.seek(0)
+            _first_frame(img, notes)
             if img.format == "JPEG":
                 img.draft("RGB", (WORK_SIDE, WORK_SIDE))  # decode large JPEGs at reduced size
-            if _orientation(img) not in (None, 1):
-                notes.append("Turned upright using the photo's EXIF orientation.")
-            img = ImageOps.exif_transpose(img)
+            img = _upright(img, notes)
             img.load()
         except InputError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise InputError(f"{name} decodes to too many pixels (a possible decompression bomb).") from None
+            raise InputError(
+                f"{name} claims more pixels than this app decodes (a corrupt header, or a decompression bomb)."
+            ) from None
+        except ValueError as err:
+            if "MAX_TEXT_CHUNK" not in str(err):
+                raise InputError(f"{name} could not be decoded (truncated or corrupt file): {err}") from None
+            raise InputError(
+                f"{name} carries metadata (a colour profile or text) larger than the 1 MB Pillow reads safely; "
+                "save the picture again without its metadata."
+            ) from None
         except UnidentifiedImageError:
             raise InputError(f"{name} is not an image this app reads ({', '.join(EXTENSIONS)}).") from None
         except MemoryError:
@@ -109,16 +115,38 @@ def load_image(data: bytes, name: str = "upload") -> LoadedImage:
         except Exception as err:  # Pillow's plugins raise many types on corrupt data; none may reach the page
             raise InputError(f"{name} could not be decoded (truncated or corrupt file): {err}") from None
     rgb = _to_rgb(img, notes)
+    if min(rgb.size) < TINY_SIDE:
+        notes.append(f"A very small picture ({rgb.width}x{rgb.height} pixels): the models see it enlarged.")
     if max(rgb.size) > WORK_SIDE:
         rgb.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.LANCZOS)
     return LoadedImage(rgb, tuple(notes))
 
 
-def _orientation(img: Image.Image) -> int | None:
+def _first_frame(img: Image.Image, notes: list[str]) -> None:
+    """Use the first frame of an animation or multi-picture file, with a note. Asks
+    ``is_animated``, not ``n_frames``: that reads every frame, and a header may claim 2**31."""
     try:
-        return img.getexif().get(0x0112)
-    except Exception:  # a broken EXIF block is not worth refusing the image for
-        return None
+        animated = getattr(img, "is_animated", False)
+        note = "Animated or multi-picture image: using its first frame."
+    except Exception:  # a damaged later frame: the first one may still decode
+        animated, note = True, "The file's later frames are damaged: using its first frame."
+    if animated:
+        notes.append(note)
+        img.seek(0)
+
+
+def _upright(img: Image.Image, notes: list[str]) -> Image.Image:
+    """The image turned as its EXIF orientation says (2-8; other values mean nothing). A broken
+    EXIF block is not worth refusing a photo for: then it is kept as stored, with a note."""
+    try:
+        orientation = img.getexif().get(0x0112)
+        upright = ImageOps.exif_transpose(img)  # also rewrites the EXIF block, which can fail
+    except Exception:
+        notes.append("The photo's EXIF data is damaged: it is shown as stored, not turned by its orientation.")
+        return img
+    if orientation in range(2, 9):
+        notes.append("Turned upright using the photo's EXIF orientation.")
+    return upright
 
 
 def square_thumbnail(img: Image.Image, size: int) -> Image.Image:

@@ -27,6 +27,8 @@ MAX_PIXELS = 8192 * 8192  # a frame larger than this is refused before decoding
 EXTENSIONS = ("mp4", "webm", "mov", "gif", "mkv", "avi", "m4v")
 SEEK_GAP = 2.0  # seconds: a sample further ahead than this is reached by seeking, not by decoding
 SEEK_BACK = 0.5  # seconds: seek this far before the sample, so that B-frames shown before a keyframe decode
+MAX_DECODED_PIXELS = 4_000_000_000  # decoding stops after this many pixels: about a minute of 1080p at 30
+# fps, 16 s of 4K, or 60 frames of a GIF's 8192x8192 canvas (a 69 KB GIF can ask for thousands)
 
 
 class VideoError(ValueError):
@@ -52,15 +54,17 @@ class Video:
 
 
 def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
-    """The video's length in seconds, or None. The stream's own duration where it has one; the
-    container's otherwise, less its start time where that is inside it (Matroska gives the last
-    timestamp: a 12 s clip that starts at 10 s says 22 s)."""
+    """The video's length in seconds, or None (also for a length that is not positive and
+    finite). The stream's own duration where it has one; the container's otherwise, less its
+    start time where that is inside it (Matroska gives the last timestamp: a 12 s clip that
+    starts at 10 s says 22 s)."""
+    seconds = None
     if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
         start = container.start_time or 0
-        return (container.duration - start if 0 < start < container.duration else container.duration) / av.time_base
-    return None
+        seconds = (container.duration - start if 0 < start < container.duration else container.duration) / av.time_base
+    return seconds if seconds is not None and 0 < seconds < math.inf else None  # a damaged header may say -5 s
 
 
 def _origin(stream: av.video.stream.VideoStream) -> float | None:
@@ -140,14 +144,18 @@ def read_frames(
             raise VideoError(too_large(width, height))
         duration = _duration(container, stream)
         notes: list[str] = []
+        frame_s = 1 / float(stream.average_rate) if stream.average_rate else 0.0
+        if duration is not None and duration < frame_s:
+            duration = None  # shorter than one frame: a damaged header, not a length
         if spread and not duration:
             spread = False
             notes.append(
                 f"The file does not give its length: frames were sampled from the start at {fps:g} per second."
             )
         times = sample_times(duration, max_frames) if spread and duration else None
-        frame_s = 1 / float(stream.average_rate) if stream.average_rate else 0.0
-        frames, decoded, reached, turns = _sample(container, stream, fps, max_frames, times, duration, progress, notes)
+        frames, decoded, reached, turns, stopped = _sample(
+            container, stream, fps, max_frames, times, duration, progress, notes
+        )
     if turns in (1, 3):
         width, height = height, width  # a quarter turn: the size a player shows
     if not frames:
@@ -157,7 +165,7 @@ def read_frames(
             f"Only the first {frames[-1].time_s:.1f} s of {duration:.1f} s were sampled ({max_frames} frames); "
             "sample across the whole video to see all of it."
         )
-    if spread and duration and len(frames) < max_frames:
+    if spread and duration and len(frames) < max_frames and not stopped:
         notes.append(
             f"The video ended at {reached:.1f} s of the {duration:.1f} s its header gives: "
             f"{len(frames)} of {max_frames} frames sampled."
@@ -191,9 +199,11 @@ def _sample(
     duration: float | None,
     progress: Callable[[float], None] | None,
     notes: list[str],
-) -> tuple[list[Frame], int, float, int | None]:
-    """The kept frames, the frames decoded, the time decoding reached, and the quarter turns
-    applied to the first kept frame; notes for the user are appended to ``notes``. ``times``:
+) -> tuple[list[Frame], int, float, int | None, bool]:
+    """The kept frames, the frames decoded, the time decoding reached, the quarter turns
+    applied to the first kept frame, and whether decoding stopped before the video's end for a
+    reason already noted (damage, the decoding budget); notes for the user are appended to
+    ``notes``. ``times``:
     the sample times (spread over the video), or None for a ``1 / fps`` grid from the start.
     Times count from the stream's first timestamp.
 
@@ -219,10 +229,19 @@ def _sample(
         return upcoming
 
     sought_for = None  # the sample time of the last seek: one seek per sample at most
+    damaged, pixels = [0], 0
     try:
         while len(frames) < max_frames:
             landing = sought_for is not None
-            for frame in container.decode(stream):
+            for frame in _decoded(container, stream, damaged):
+                pixels += frame.width * frame.height
+                if pixels > MAX_DECODED_PIXELS:
+                    notes.append(
+                        f"Decoding stopped after {decoded} frames, at {now:.1f} s: frames of {frame.width}x"
+                        f"{frame.height} pixels add up to more than the {MAX_DECODED_PIXELS / 1e9:.0f} gigapixels "
+                        "this app decodes from one video."
+                    )
+                    return frames, decoded, now, first_turns, True
                 if frame.time is not None and origin is None:
                     origin = frame.time
                 t = frame.time - origin if frame.time is not None else decoded / (rate or fps)
@@ -245,7 +264,7 @@ def _sample(
                 if len(frames) == 1:
                     first_turns = quarter_turns(frame.rotation) if frame.rotation else None
                 if progress is not None:
-                    progress(min(1.0, t / duration) if duration else len(frames) / max_frames)
+                    progress(min(1.0, max(0.0, t / duration)) if duration else len(frames) / max_frames)
                 if len(frames) >= max_frames:
                     break
             else:
@@ -260,7 +279,25 @@ def _sample(
         ) from err
     except Exception as err:  # damaged packets: keep what decoded so far
         notes.append(f"Decoding stopped after {decoded} frames: the data is damaged ({err.__class__.__name__}).")
-    return frames, decoded, now, first_turns
+        return frames, decoded, now, first_turns, True
+    finally:
+        if damaged[0]:
+            notes.append(
+                f"{damaged[0]} damaged packets could not be decoded and were skipped: their frames are missing."
+            )
+    return frames, decoded, now, first_turns, False
+
+
+def _decoded(container: av.container.InputContainer, stream: av.video.stream.VideoStream, damaged: list[int]):
+    """``container.decode(stream)``, except that a packet FFmpeg finds invalid is skipped and
+    counted in ``damaged[0]`` instead of ending the video (a damaged start need not lose the rest)."""
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError:
+            damaged[0] += 1
+            continue
+        yield from frames
 
 
 def _kept(frame: av.VideoFrame, t: float, frames: list[Frame], notes: list[str]) -> Frame:
@@ -278,7 +315,12 @@ def _kept(frame: av.VideoFrame, t: float, frames: list[Frame], notes: list[str])
             if turns is not None
             else f"The file asks for a display rotation of {rotation:+.0f} degrees; only quarter turns are applied."
         )
-    image = frame.to_image(width=size[0], height=size[1]).convert("RGB")
+    try:
+        image = frame.to_image(width=size[0], height=size[1]).convert("RGB")
+    except Exception as err:  # FFmpeg's scaler has no conversion from some raw pixel formats
+        raise VideoError(
+            f"FFmpeg cannot convert this video's pixel format ({frame.format.name}) to RGB ({err.__class__.__name__})."
+        ) from err
     return Frame(float(t), upright(image, turns))
 
 

@@ -159,7 +159,8 @@ def render_video() -> None:
     if video.spread:
         gap = (frames[-1].time_s - frames[0].time_s) / (len(frames) - 1) if len(frames) > 1 else None
         how = "across the whole video" if gap is None else f"one every {gap:.2f} s across the whole video"
-    st.caption(f"{file.name}: {video.width}x{video.height}, {video.codec}, {length}; {len(video.frames)} frames "
+    count = f"{len(frames)} frame{'s' * (len(frames) != 1)}"
+    st.caption(f"{file.name}: {video.width}x{video.height}, {video.codec}, {length}; {count} "
                f"sampled {how} ({video.decoded} decoded to find them).")  # fmt: skip
     for note in video.notes:
         st.warning(note)

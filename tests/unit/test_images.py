@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from components.images import MAX_PIXELS, WORK_SIDE, InputError, load_image, square_thumbnail, to_model_input
+from components.images import MAX_BYTES, MAX_PIXELS, WORK_SIDE, InputError, load_image, square_thumbnail, to_model_input
 from tests.conftest import encode
 
 
@@ -134,7 +135,56 @@ def test_animated_gif_uses_first_frame():
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
     loaded = load_image(data)
     assert np.asarray(loaded.image)[0, 0, 0] > 200  # red
-    assert any("3 frames" in n for n in loaded.notes)
+    assert any("first frame" in n for n in loaded.notes)
+
+
+def test_an_animation_cut_off_after_its_first_frame_still_loads():
+    """Asking whether a GIF is animated reads into its second frame; a file cut there (an
+    interrupted download) still has an intact first frame, which is used, with a note."""
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(3)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+    first = np.asarray(load_image(data).image)
+
+    def breaks_is_animated(cut: int) -> bool:
+        try:
+            _ = Image.open(io.BytesIO(data[:cut])).is_animated
+        except Exception:
+            return True
+        return False
+
+    cuts = [cut for cut in range(len(data) // 3, len(data), 97) if breaks_is_animated(cut)]
+    assert len(cuts) >= 5  # the case exists: Pillow raises on these cuts
+    for cut in cuts:
+        loaded = load_image(data[:cut])
+        assert (np.asarray(loaded.image) == first).all()
+        assert any("later frames are damaged" in n for n in loaded.notes)
+
+
+def test_a_header_claiming_billions_of_frames_is_not_read_frame_by_frame():
+    """An APNG whose animation control chunk claims 2**31 - 1 frames: the note does not repeat
+    the claim, and the first frame is used."""
+    png = encode(Image.new("RGB", (16, 16), "red"), "PNG")
+    claims = png[:33] + png_chunk(b"acTL", struct.pack(">II", 2**31 - 1, 0)) + png[33:]
+    loaded = load_image(claims)
+    assert np.asarray(loaded.image)[0, 0].tolist() == [255, 0, 0]
+    assert any("first frame" in n for n in loaded.notes) and not any("2147483" in n for n in loaded.notes)
+
+
+def test_metadata_too_large_to_read_safely_gets_its_own_message():
+    png = encode(Image.new("RGB", (16, 16), "red"), "PNG")
+    profile = png_chunk(b"iCCP", b"prof\x00\x00" + zlib.compress(b"\x00" * (20 * 2**20), 9))
+    refused(png[:33] + profile + png[33:], "metadata")
+
+
+def test_a_tiny_picture_is_enlarged_with_a_note():
+    loaded = load_image(encode(Image.new("RGB", (1, 1), "red"), "PNG"))
+    assert loaded.image.size == (1, 1) and any("1x1 pixels" in n for n in loaded.notes)
+    assert not any("small" in n for n in load_image(encode(Image.new("RGB", (32, 32)), "PNG")).notes)
+
+
+def test_an_upload_over_the_size_limit_says_by_how_much():
+    refused(b"\x00" * (MAX_BYTES + 1), f"{MAX_BYTES + 1:,} bytes, over the 25 MB limit")
 
 
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
@@ -152,6 +202,36 @@ def test_sixteen_bit_rgb_png():
     arr[..., 0] = 65535  # pure red at 16 bits per channel
     loaded = load_image(png_rgb16(arr))
     assert loaded.image.mode == "RGB" and np.asarray(loaded.image)[0, 0].tolist() == [255, 0, 0]
+
+
+def exif_with_bad_tag_type(img: Image.Image) -> bytes:
+    """A JPEG whose EXIF says orientation 6 and whose Make tag's type is FLOAT instead of ASCII:
+    Pillow decodes it, but rewriting the EXIF block (as ``exif_transpose`` does) fails."""
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F], exif[0x0131] = 6, "Canon", "some software " * 3
+    data = bytearray(encode(img, "JPEG", exif=exif.tobytes()))
+    tiff = data.find(b"Exif\x00\x00") + 6
+    order = "<" if data[tiff : tiff + 2] == b"II" else ">"
+    ifd = tiff + struct.unpack(order + "I", data[tiff + 4 : tiff + 8])[0]
+    for k in range(struct.unpack(order + "H", data[ifd : ifd + 2])[0]):
+        entry = ifd + 2 + 12 * k
+        if struct.unpack(order + "H", data[entry : entry + 2])[0] == 0x010F:
+            data[entry + 2 : entry + 4] = struct.pack(order + "H", 11)
+    return bytes(data)
+
+
+@pytest.mark.filterwarnings("ignore:Truncated File Read", "ignore:Metadata Warning")
+def test_a_photo_with_a_damaged_exif_tag_is_kept_as_stored():
+    loaded = load_image(exif_with_bad_tag_type(Image.new("RGB", (40, 20), "blue")))
+    assert loaded.image.size == (40, 20)
+    assert any("EXIF data is damaged" in n for n in loaded.notes)
+
+
+def test_an_orientation_outside_the_eight_defined_is_not_reported_as_a_turn():
+    exif = Image.Exif()
+    exif[0x0112] = 9
+    loaded = load_image(encode(Image.new("RGB", (40, 20), "blue"), "JPEG", exif=exif.tobytes()))
+    assert loaded.image.size == (40, 20) and not any("upright" in n for n in loaded.notes)
 
 
 def test_exif_rotation_is_applied():

@@ -127,18 +127,22 @@ def test_the_decision_timeline_ticks_whole_counts_only(decisions, dtick):
     assert fig.layout.yaxis2.dtick == dtick
 
 
-def test_a_codec_ffmpeg_cannot_decode_gets_a_message_not_a_crash():
+def encode_frames(fmt: str, codec: str, pix_fmt: str, frames: list[av.VideoFrame]) -> bytes:
+    """``frames`` encoded with ``codec`` (into ``pix_fmt``) in a ``fmt`` container, 10 per second."""
     buf = io.BytesIO()
-    with av.open(buf, mode="w", format="avi") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        for _ in range(3):
-            frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    data = buf.getvalue()
+    with av.open(buf, mode="w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = frames[0].width, frames[0].height, pix_fmt
+        for i, frame in enumerate(frames):
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return buf.getvalue()
+
+
+def test_a_codec_ffmpeg_cannot_decode_gets_a_message_not_a_crash():
+    black = [av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24") for _ in range(3)]
+    data = encode_frames("avi", "mpeg4", "yuv420p", black)
     assert b"FMP4" in data
     with pytest.raises(VideoError, match="cannot decode this video's codec"):
         read_frames(data.replace(b"FMP4", b"ZZZZ"), fps=2.0, max_frames=10)
@@ -263,3 +267,52 @@ def test_spread_sampling_of_a_video_of_unknown_length_samples_from_the_start(mon
     video = read_frames(make_video(seconds=3.0, fps=10), fps=2.0, max_frames=3, spread=True)
     assert [f.time_s for f in video.frames] == pytest.approx([0, 0.5, 1.0])
     assert not video.spread and "does not give its length" in video.notes[0]
+
+
+def with_damaged_start(data: bytes, length: int = 6000) -> bytes:
+    """The first ``length`` bytes of an MP4's media data overwritten (a damaged download or disk)."""
+    start = data.find(b"mdat") + 4
+    return data[:start] + bytes((i * 37 + 11) % 256 for i in range(length)) + data[start + length :]
+
+
+def test_packets_ffmpeg_cannot_decode_are_skipped_and_counted_not_the_end_of_the_video():
+    data = with_damaged_start(make_video(seconds=3.0, fps=10, noise=20, gop=10))
+    video = read_frames(data, fps=10.0, max_frames=60)
+    assert len(video.frames) >= 20  # most of the 30 frames survive the damage at the start
+    assert any("damaged packets could not be decoded and were skipped" in n for n in video.notes)
+    assert not read_frames(make_video(seconds=3.0, fps=10, noise=20, gop=10), fps=10.0, max_frames=60).notes
+
+
+def with_matroska_duration(data: bytes, seconds: float) -> bytes:
+    """A Matroska file whose header length (the Duration element, in milliseconds) is replaced."""
+    import struct
+
+    at = data.find(b"\x44\x89")  # the Duration element's ID
+    size = data[at + 2] & 0x7F  # a one-byte size: 4 or 8 (a float)
+    value = struct.pack(">d" if size == 8 else ">f", seconds * 1000)
+    return data[: at + 3] + value + data[at + 3 + size :]
+
+
+@pytest.mark.parametrize("seconds", [-5.0, 0.0, 1e-6])
+def test_a_header_length_that_is_negative_or_shorter_than_a_frame_counts_as_unknown(seconds):
+    data = with_matroska_duration(make_video(seconds=3.0, fps=10, fmt="mkv"), seconds)
+    shares: list[float] = []
+    video = read_frames(data, fps=2.0, max_frames=6, spread=True, progress=shares.append)
+    assert video.duration_s is None and not video.spread and len(video.frames) == 6
+    assert "does not give its length" in video.notes[0]
+    assert shares and all(0.0 <= s <= 1.0 for s in shares)  # Streamlit's progress bar refuses anything else
+
+
+@pytest.mark.parametrize("spread", [False, True])
+def test_decoding_stops_at_a_budget_of_decoded_pixels_with_a_note(monkeypatch, spread):
+    """A tiny GIF can ask for thousands of frames on a huge canvas; decoding stops at a budget."""
+    monkeypatch.setattr(video_module, "MAX_DECODED_PIXELS", 96 * 64 * 12)
+    video = read_frames(make_video(seconds=3.0, fps=10), fps=10.0, max_frames=30, spread=spread)
+    assert video.decoded == 12 and len(video.frames) <= 12
+    assert len(video.notes) == 1 and "Decoding stopped after 12 frames" in video.notes[0]
+
+
+def test_a_pixel_format_ffmpeg_cannot_convert_gets_a_message():
+    data = encode_frames("nut", "rawvideo", "bgr4", [av.VideoFrame(16, 16, "bgr4") for _ in range(3)])
+    with pytest.raises(VideoError, match=r"cannot convert this video's pixel format \(bgr4\)"):
+        read_frames(data, fps=2.0, max_frames=3)
