@@ -208,7 +208,7 @@ class GatedResNet(DynamicModel):
         target_rate: float = 0.5,
         rate_weight: float = 2.0,
         all_on_share: float = 0.25,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         """Cross-entropy plus ConvNet-AIG's target-rate loss: the squared gap between each gate's
         execution rate over the gated rows of the batch and ``target_rate``, summed over gates."""
         logits, gates, gated = self.forward_train(x, all_on_share=all_on_share)
@@ -220,7 +220,7 @@ class GatedResNet(DynamicModel):
             rates = gates[gated].mean(0)  # (N,)
             rate_loss = ((rates - target_rate) ** 2).sum()
         loss = ce + rate_weight * rate_loss
-        return loss, {"loss": loss.item(), "ce": ce.item(), "rate": rates.mean().item()}
+        return loss, {"loss": loss.detach(), "ce": ce.detach(), "rate": rates.mean().detach()}
 
     # --- inference ---------------------------------------------------------------------------
 

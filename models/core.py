@@ -339,7 +339,9 @@ class DynamicModel(nn.Module):
         step = next(k.step for k in self.knobs if k.key == curve.knob)
         return curve.measured_at(knobs, tolerance=step / 2)
 
-    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """The loss of one batch, and what to log: detached scalar tensors, read only when an
+        epoch's line is printed (reading each step would wait for a GPU every step)."""
         raise NotImplementedError
 
     def init_from(self, path: Path) -> dict[str, list[str]]:

@@ -209,15 +209,16 @@ def to_tensor(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop (4-pixel reflect padding) and horizontal flip on a batch ``(B, 3, H, W)``."""
+    """Random crop (4-pixel reflect padding) and horizontal flip on a batch ``(B, 3, H, W)``, on
+    the batch's device; the random draws come from ``generator`` (a CPU one), so a run is the
+    same on any device."""
     b, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="reflect")
-    dy = torch.randint(0, 9, (b,), generator=generator)
-    dx = torch.randint(0, 9, (b,), generator=generator)
-    rows = (dy.view(b, 1) + torch.arange(h)).view(b, 1, h, 1).expand(b, 3, h, w + 8)
+    dy = torch.randint(0, 9, (b,), generator=generator).to(x.device)
+    dx = torch.randint(0, 9, (b,), generator=generator).to(x.device)
+    rows = (dy.view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1).expand(b, 3, h, w + 8)
     out = padded.gather(2, rows)
-    cols = (dx.view(b, 1) + torch.arange(w)).view(b, 1, 1, w).expand(b, 3, h, w)
+    cols = (dx.view(b, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w).expand(b, 3, h, w)
     out = out.gather(3, cols)
-    flip = torch.rand(b, generator=generator) < 0.5
-    out[flip] = out[flip].flip(3)
-    return out
+    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+    return torch.where(flip.view(b, 1, 1, 1), out.flip(3), out)

@@ -255,7 +255,7 @@ class EarlyExitResNet(DynamicModel):
 
     def training_loss(
         self, x: torch.Tensor, y: torch.Tensor, *, exit_weight: float = 1.0, distill: float = 0.5
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         """Cross-entropy at every exit (MSDNet's equal weights when ``exit_weight`` is 1; lower
         it to favour the last exit) plus ``distill`` times self-distillation of the early exits
         towards the last one (BYOT, Zhang et al., 2019, arXiv:1905.08094)."""
@@ -266,7 +266,7 @@ class EarlyExitResNet(DynamicModel):
         student = (logits[:, :-1] / temp).log_softmax(-1)
         kd = F.kl_div(student, teacher.expand_as(student), log_target=True, reduction="batchmean") * temp**2
         loss = exit_weight * ce[:-1].sum() + ce[-1] + distill * kd / (self.num_exits - 1)
-        return loss, {"loss": loss.item(), **{f"ce{k}": c.item() for k, c in enumerate(ce)}}
+        return loss, {"loss": loss.detach(), **{f"ce{k}": c.detach() for k, c in enumerate(ce)}}
 
     @torch.inference_mode()
     def trace(self, x: torch.Tensor, **knobs: Any) -> Trace:

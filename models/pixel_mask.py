@@ -191,7 +191,7 @@ class PixelMaskResNet(GatedResNet):
         target_cost: float = 0.4,
         sparsity_weight: float = 10.0,
         all_on_share: float = 0.25,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         """Cross-entropy plus DynConv's sparsity loss: the squared gap between the masked rows'
         conv cost (share of the dense convolution FLOPs, the first convolution at the dilated
         mask) and ``target_cost``, for the network and for each block. Every block's
@@ -210,7 +210,7 @@ class PixelMaskResNet(GatedResNet):
             cost = shares.mean()
             sparsity = (cost - target_cost) ** 2 + ((shares - target_cost) ** 2).mean()
         loss = ce + sparsity_weight * sparsity
-        return loss, {"loss": loss.item(), "ce": ce.item(), "cost": cost.item()}
+        return loss, {"loss": loss.detach(), "ce": ce.detach(), "cost": cost.detach()}
 
     # --- inference ---------------------------------------------------------------------------
 

@@ -181,9 +181,9 @@ def prune_tokens(tokens: Tokens, cls_attn: torch.Tensor, keep_ratio: float) -> t
     new_x = torch.cat([x[:, :1], _take(x, kept), fused], dim=1)  # (B, keep + 2, D)
     fused_size = _take(tokens.sizes, pruned).sum(1, keepdim=True)
     new_sizes = torch.cat([tokens.sizes[:, :1], _take(tokens.sizes, kept), fused_size], dim=1)
-    index = torch.full((b, n_all), keep + 1, dtype=torch.long)  # pruned tokens -> the fused one
+    index = torch.full((b, n_all), keep + 1, dtype=torch.long, device=x.device)  # pruned tokens -> the fused one
     index[:, 0] = 0
-    index.scatter_(1, kept, torch.arange(1, keep + 1).expand(b, -1))
+    index.scatter_(1, kept, torch.arange(1, keep + 1, device=x.device).expand(b, -1))
     flops = 2 * (n - keep) * dim  # the fusion's bmm
     return _remap(tokens, new_x, new_sizes, index), flops
 
@@ -229,12 +229,12 @@ def merge_tokens(tokens: Tokens, keys: torch.Tensor, r: int) -> tuple[Tokens, in
     new_x = torch.cat([x[:, :1], patches.to(x.dtype)], dim=1)
     new_sizes = torch.cat([sizes[:, :1], patch_sizes], dim=1)
     kept = na - r
-    a_index = torch.empty(b, na, dtype=torch.long)
-    a_index.scatter_(1, unmerged, torch.arange(1, kept + 1).expand(b, -1))
+    a_index = torch.empty(b, na, dtype=torch.long, device=x.device)
+    a_index.scatter_(1, unmerged, torch.arange(1, kept + 1, device=x.device).expand(b, -1))
     a_index.scatter_(1, src, dst + 1 + kept)
-    index = torch.zeros(b, n_all, dtype=torch.long)
+    index = torch.zeros(b, n_all, dtype=torch.long, device=x.device)
     index[:, 1::2] = a_index
-    index[:, 2::2] = torch.arange(1 + kept, 1 + kept + nb)
+    index[:, 2::2] = torch.arange(1 + kept, 1 + kept + nb, device=x.device)
     flops = 2 * na * nb * metric.shape[-1]  # the similarity bmm
     return _remap(tokens, new_x, new_sizes, index), flops
 
@@ -472,7 +472,7 @@ class MixtureOfExperts(nn.Module):
         order = queue.argsort(stable=True)
         counts = torch.bincount(queue, minlength=num_experts + 1).tolist()
         rows, weights = order // k, gates.flatten()[order]
-        out = torch.zeros(flat.shape, dtype=torch.float32)
+        out = torch.zeros(flat.shape, dtype=torch.float32, device=flat.device)
         start = 0
         for e, expert in enumerate(self.experts):  # counts[-1]: the dropped choices
             if counts[e]:
@@ -701,8 +701,8 @@ class TokenExpertViT(DynamicModel):
         ``tap`` is attribution's probe on the stem's patch map (:class:`models.core.Explained`)."""
         x = self.stem(x, tap)  # (B, 65, D)
         b = x.shape[0]
-        sizes = torch.ones(b, x.shape[1], dtype=torch.float32)
-        groups = torch.arange(1, PATCHES + 1).expand(b, -1)
+        sizes = torch.ones(b, x.shape[1], dtype=torch.float32, device=x.device)
+        groups = torch.arange(1, PATCHES + 1, device=x.device).expand(b, -1)
         tokens, records = Tokens(x, sizes, groups), []
         for block in self.blocks:
             tokens, record = block(tokens, policy, noise)
@@ -715,7 +715,7 @@ class TokenExpertViT(DynamicModel):
 
     def training_loss(
         self, x: torch.Tensor, y: torch.Tensor, *, balance_weight: float = 0.01, reduce_share: float = 0.5
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         """Cross-entropy plus ``balance_weight`` times V-MoE's balance loss (mean over the MoE
         layers), with router noise of std 1/E. On a ``reduce_share`` of the steps the tokens
         are pruned at a random keep ratio or merged at a random r (half each), so the weights
@@ -725,7 +725,12 @@ class TokenExpertViT(DynamicModel):
         ce = F.cross_entropy(logits.float(), y, label_smoothing=0.1)
         balance = torch.stack([r.routing.aux for r in records if r.routing is not None]).mean()
         loss = ce + balance_weight * balance
-        logs = {"loss": loss.item(), "ce": ce.item(), "balance": balance.item(), "tokens": records[-1].after.x.shape[1]}
+        logs = {
+            "loss": loss.detach(),
+            "ce": ce.detach(),
+            "balance": balance.detach(),
+            "tokens": records[-1].after.x.shape[1],
+        }
         return loss, logs
 
     # --- batch-1 trace -----------------------------------------------------------------------

@@ -25,7 +25,7 @@ def test_a_short_run_writes_weights_and_a_complete_card(cifar_path, tmp_path):
     assert card["initialised_from"]["sha256"] == sha256(init)
     assert "gates.0" in card["new_modules_at_init"] and "stem" not in card["new_modules_at_init"]
     assert set(card["val_accuracy"]) == {"all_blocks", "threshold_0.5"}
-    assert card["training"]["bf16"] == train.bf16_native()
+    assert card["training"]["bf16"] == train.bf16_native(torch.device("cpu")) and card["training"]["device"] == "cpu"
     fresh = models.model_class("block_skip")()
     assert set(load_file(str(tmp_path / "block_skip.safetensors"))) == set(fresh.state_dict())
 
@@ -39,8 +39,35 @@ def test_a_limited_run_may_not_replace_the_shipped_weights():
     ("native", "flag", "bf16"), [(True, [], True), (True, ["--no-bf16"], False), (False, [], False)]
 )
 def test_bf16_autocast_only_where_the_cpu_has_native_kernels(monkeypatch, tmp_path, native, flag, bf16):
-    monkeypatch.setattr(train, "bf16_native", lambda: native)
+    monkeypatch.setattr(train, "bf16_native", lambda device: native)
     assert parse_args(["--model", "early_exit", "--out", str(tmp_path), *flag]).bf16 is bf16
+
+
+def test_cuda_is_refused_where_torch_sees_no_gpu(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "early_exit", "--out", str(tmp_path), "--device", "cuda"])
+
+
+def test_a_training_step_keeps_every_tensor_on_the_gpu():
+    """No GPU here: torch's fake tensors stand in for CUDA ones (shapes and devices, no data), and
+    they refuse any operation that mixes devices, as a GPU would. Augmentation, the early-exit
+    model's loss and the validation forward stay on the device, and the logs are tensors, so a
+    step never waits for the GPU. (The backward pass needs a real GPU: autograd's engine asks
+    the driver.)"""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from models.data import augment
+
+    model = models.model_class("early_exit")().train()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model = model.to("cuda", memory_format=torch.channels_last)
+        x = augment(torch.empty(8, 3, 32, 32, device="cuda"), torch.Generator().manual_seed(0))
+        loss, logs = model.training_loss(x, torch.zeros(8, dtype=torch.long, device="cuda"), exit_weight=0.5)
+        assert loss.device.type == "cuda" and all(v.device.type == "cuda" for v in logs.values())
+        assert model.eval().monitor_batch(x).device.type == "cuda"
+        with pytest.raises(RuntimeError, match="same device"):  # the stand-in does catch a mix-up
+            model.training_loss(x.cpu(), torch.zeros(8, dtype=torch.long, device="cuda"))
 
 
 @pytest.mark.dataset
