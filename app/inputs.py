@@ -16,6 +16,7 @@ from PIL import Image
 
 from app import state
 from components.images import EXTENSIONS, InputError, load_image
+from components.render import current_value
 from models.data import CLASSES, ENV_VAR, Split, load_split, resolve_source
 
 UPLOAD, TEST, EXAMPLE = "Upload", "CIFAR-10 test image", "Example photo"
@@ -108,13 +109,18 @@ def _test_image() -> InputImage | None:
     except (OSError, ValueError) as err:
         st.error(f"Could not read CIFAR-10 from {source}: {err}")
         return None
-    index = st.number_input(f"Test image (0-{len(split) - 1})", 0, len(split) - 1, 0, key=state.TEST_INDEX)
+    last = len(split) - 1
+    kept = min(int(current_value(state.TEST_INDEX, 0)), last)  # kept while another source was chosen
+    st.session_state[state.TEST_INDEX] = kept
+    index = st.number_input(f"Test image (0-{last})", 0, last, kept, key=state.TEST_INDEX)
     label = int(split.labels[index])
     return _from_array(split.images[index], f"test #{index}", label)
 
 
 def _example() -> InputImage | None:
-    choice = st.selectbox("Photo", list(EXAMPLES), key=state.EXAMPLE)
+    names = list(EXAMPLES)
+    kept = current_value(state.EXAMPLE, names[0])
+    choice = st.selectbox("Photo", names, index=names.index(kept) if kept in names else 0, key=state.EXAMPLE)
     loader, cls = EXAMPLES[choice]
     return _from_array(example_array(loader), choice, CLASSES.index(cls) if cls else None)
 

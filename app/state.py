@@ -23,6 +23,7 @@ def knob_key(model: str, knob: str) -> str:
 
 COMPARE_COUNT = "compare:count"  # how many configurations the Compare page shows
 COMPARE_BUDGET = "compare:budget"  # the mean-MFLOPs budget slider
+COMPARE_BUDGET_VALUE = "compare_budget_value"  # the budget the user chose: no widget's, so kept as it is
 COMPARE_MATCHED = "compare:matched"  # per configuration, what matching the budget did
 
 
@@ -51,24 +52,30 @@ ATTRIBUTION_SLOW = "attribution:slow"  # the (model, image, knobs) whose slow at
 
 
 # kept between pages: the model pages' knobs and toggles, the Compare configurations (count,
-# models, knobs) and the Video page's settings; all have fixed ranges and are drawn with their
-# current value (components.render.current_value). Not the Compare budget (its range follows the
-# chosen models), the video scrubber (its range follows the video), the upload (Streamlit does
-# not let a file uploader's value be set) or the decoded frames and results (data, not settings).
+# models, knobs), the Video page's settings, the sidebar's test image and example photo (while
+# another source is chosen) and the model the attribution panel explains; all have fixed ranges
+# and are drawn with their current value (components.render.current_value). Not the Compare
+# budget slider (its range follows the chosen models: the page keeps the value itself, in
+# COMPARE_BUDGET_VALUE), the video scrubber (its range follows the video), the upload
+# (Streamlit does not let a file uploader's value be set) or the decoded frames and results.
 KEPT = ("knob:", "compare:", "video:")
+KEPT_KEYS = (TEST_INDEX, EXAMPLE, ATTRIBUTION_MODEL)
 NOT_KEPT = (COMPARE_BUDGET, COMPARE_MATCHED, VIDEO_UPLOAD, VIDEO_FRAME, VIDEO_DECODED, VIDEO_RESULTS)
 
 
-def keep_settings() -> None:
+def keep_settings(also: tuple[str, ...] = KEPT_KEYS) -> None:
     """Keep the model pages' knobs while the user visits other pages. Streamlit forgets a
     widget's value when a run does not draw the widget; assigning the value to its key again,
     as Streamlit's documentation advises, keeps it for the user's return. Only keys whose
     widgets take no default once set (``render_knobs``) and whose ranges never change: a kept
     value outside a range that depends on the data (the video's frame scrubber, the Compare
     budget) would stop the page. Run before the page on every run, and at the start of every
-    fragment (:func:`knob_fragment`): a fragment's rerun drops the other widgets' values too."""
+    fragment (:func:`knob_fragment`): a fragment's rerun drops the other widgets' values too.
+    ``also``: single keys kept besides the prefixes; a fragment passes none, as their widgets
+    (the sidebar's, the attribution model's) were drawn earlier in the same run, where their
+    values may no longer be assigned, and a fragment's rerun does not touch widgets outside it."""
     for key in list(st.session_state):
-        if isinstance(key, str) and key.startswith(KEPT) and key not in NOT_KEPT:
+        if isinstance(key, str) and (key.startswith(KEPT) or key in also) and key not in NOT_KEPT:
             st.session_state[key] = st.session_state[key]
 
 
@@ -78,7 +85,7 @@ def knob_fragment(run: Callable[P, None]) -> Callable[P, None]:
 
     @functools.wraps(run)
     def kept(*args: P.args, **kwargs: P.kwargs) -> None:
-        keep_settings()
+        keep_settings(also=())
         run(*args, **kwargs)
 
     return st.fragment(kept)

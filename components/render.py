@@ -33,7 +33,7 @@ def render_knobs(
         else:
             values[knob.key] = st.slider(
                 knob.label, float(knob.lo), float(knob.hi), float(current), step=float(knob.step), key=key,
-                help=knob.help, disabled=disabled,
+                help=knob.help, disabled=disabled, format="%d" if knob.counts else None,
             )  # fmt: skip
     return values
 

@@ -48,6 +48,11 @@ class Knob:
     options: tuple[str, ...] = ()
     option_labels: tuple[str, ...] = ()  # how the UI names each option
 
+    @property
+    def counts(self) -> bool:
+        """A knob of whole numbers (experts per token, tokens merged): its step is a whole number."""
+        return not self.options and self.step >= 1 and float(self.step).is_integer()
+
     def validate(self, value: Any) -> float | str:
         """The value as a float (or option string), or ValueError when out of range."""
         if self.options:
@@ -57,7 +62,7 @@ class Knob:
         value = float(value)
         if not self.lo <= value <= self.hi:
             raise ValueError(f"{self.key}={value} outside [{self.lo}, {self.hi}]")
-        if self.step >= 1 and float(self.step).is_integer() and not value.is_integer():
+        if self.counts and not value.is_integer():
             raise ValueError(f"{self.key} counts whole steps, got {value}")  # a trace must record what ran
         return value
 

@@ -59,9 +59,11 @@ def table_of(name: str) -> dict[str, Any] | None:
     return eval_table(name) if table_matches_weights(name) else None
 
 
-def match_budget(chosen: list[str], budget: float) -> None:
+def match_budget(chosen: list[str]) -> None:
     """Button callback: move each configuration's swept knob, along the curve its other knobs
-    lie on, to the point whose test-set mean compute is closest to the budget from below."""
+    lie on, to the point whose test-set mean compute is closest to the budget from below. The
+    budget is read here, not passed from the run that drew the button (it may be older)."""
+    budget = st.session_state[state.COMPARE_BUDGET]
     matched = {}
     for i, name in enumerate(chosen):
         model, table = load_model(name), table_of(name)
@@ -74,7 +76,7 @@ def match_budget(chosen: list[str], budget: float) -> None:
         for key, value in new.items():
             st.session_state[knob_key(i, name, key)] = value
         reach = "" if fits else " (its cheapest setting: the budget is out of reach)"
-        matched[i] = (name, new, f"{curve.knob} {point['value']:g}: {point['mflops']:.1f} mean MFLOPs{reach}")
+        matched[i] = (name, new, budget, f"{curve.knob} {point['value']:g}: {point['mflops']:.1f} mean MFLOPs{reach}")
     st.session_state[state.COMPARE_MATCHED] = matched
 
 
@@ -89,15 +91,20 @@ def render_budget(chosen: list[str]) -> None:
     if not spans:
         st.info("No evaluation tables for these models: run `make evaluate` to match a budget.")
         return
-    lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)
+    lo, hi = float(round(min(s[0] for s in spans))), float(round(max(s[1] for s in spans) + 0.5))
+    # the user's budget, kept while it fits: the slider is a new widget whenever its range changes
+    # (another model chosen, a visit to another page), and would start again from the middle
+    # (COMPARE_BUDGET_VALUE follows every move of the slider, through its callback, before the run)
+    budget = float(min(max(st.session_state.get(state.COMPARE_BUDGET_VALUE, round((lo + hi) / 2)), lo), hi))
+    st.session_state[state.COMPARE_BUDGET] = budget
     left, right = st.columns([3, 1], vertical_alignment="bottom")
-    budget = left.slider(
-        "Budget: mean MFLOPs per test image", float(round(lo)), float(round(hi + 0.5)), float(round((lo + hi) / 2)),
-        step=1.0, key=state.COMPARE_BUDGET,
+    left.slider(
+        "Budget: mean MFLOPs per test image", lo, hi, budget, step=1.0, key=state.COMPARE_BUDGET,
+        on_change=lambda: st.session_state.update({state.COMPARE_BUDGET_VALUE: st.session_state[state.COMPARE_BUDGET]}),
         help="Each configuration's swept knob is set from its eval table so that its mean compute on the "
         "CIFAR-10 test set is the closest to this budget without exceeding it.",
     )  # fmt: skip
-    right.button("Match this budget", on_click=match_budget, args=(chosen, budget), type="primary")
+    right.button("Match this budget", on_click=match_budget, args=(chosen,), type="primary")
 
 
 def render_config_controls(i: int) -> tuple[str, dict[str, Any]]:
@@ -111,8 +118,9 @@ def render_config_controls(i: int) -> tuple[str, dict[str, Any]]:
     defaults = current_knobs(i, model)
     knobs = render_knobs(model.knobs, defaults, key_of=lambda key: knob_key(i, name, key))
     matched = st.session_state.get(state.COMPARE_MATCHED, {}).get(i)
-    if matched and matched[:2] == (name, knobs):  # still as the budget set it
-        st.caption(f"Matched to the budget: {matched[2]}")
+    budget = st.session_state.get(state.COMPARE_BUDGET_VALUE)
+    if matched and matched[:3] == (name, knobs, budget):  # still as the budget set it, at the budget shown
+        st.caption(f"Matched to the budget: {matched[3]}")
     return name, knobs
 
 
@@ -251,7 +259,11 @@ def render_compare() -> None:
     if picked is None:
         return
     default = current_value(state.COMPARE_COUNT, COUNTS[0])
-    count = st.segmented_control("Configurations", COUNTS, default=default, key=state.COMPARE_COUNT) or COUNTS[0]
+    # required: in the browser, a click on the chosen option would otherwise leave none chosen
+    count = (
+        st.segmented_control("Configurations", COUNTS, default=default, key=state.COMPARE_COUNT, required=True)
+        or COUNTS[0]
+    )
     names = available()
     with st.container(border=True):
         st.markdown("**Match a budget**")

@@ -11,7 +11,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 import models
-from app.inputs import TEST, UPLOAD
+from app.inputs import EXAMPLE, TEST, UPLOAD
 from tests.conftest import ROOT
 from tests.support import make_video
 
@@ -216,6 +216,51 @@ def test_compare_keeps_its_configurations_while_the_user_visits_others():
         len(at.selectbox(key="compare:2:model").options) and at.selectbox(key="compare:1:model").value == "pixel_mask"
     )
     assert at.slider(key="compare:1:pixel_mask:threshold").value == 0.7
+
+
+def test_compare_keeps_the_budget_and_says_matched_only_at_the_budget_shown():
+    """The budget slider is a new widget whenever its range changes (another model, another
+    page visit) and started again from the middle; the "Matched to the budget" captions stayed
+    under a budget that no longer read what they were matched to."""
+    at = open_page(COMPARE)
+    assert at.segmented_control(key="compare:count").proto.required  # no way to choose no count
+    at.slider(key="compare:budget").set_value(150.0).run()
+    at.button[0].click().run()
+    matched = lambda: [c.value for c in at.caption if c.value.startswith("Matched to the budget")]  # noqa: E731
+    assert len(matched()) == 2
+    at.selectbox(key="compare:1:model").set_value("vit_tokens").run()
+    assert at.slider(key="compare:budget").value == 150.0 and len(matched()) == 1  # the other one still is
+    at.switch_page("views/overview.py").run()
+    at.switch_page(COMPARE).run()
+    assert at.slider(key="compare:budget").value == 150.0 and len(matched()) == 1
+    at.slider(key="compare:budget").set_value(160.0).run()
+    assert not matched() and not at.exception
+
+
+@pytest.mark.dataset
+def test_the_sidebar_keeps_the_test_image_and_example_while_another_source_is_chosen(cifar_path, monkeypatch):
+    monkeypatch.setenv("DYNN_CIFAR10", str(cifar_path))
+    at = open_page(EARLY_EXITS)
+    at.sidebar.selectbox(key="example").set_value(at.sidebar.selectbox(key="example").options[1]).run()
+    chosen = at.sidebar.selectbox(key="example").value
+    at.sidebar.radio(key="source").set_value(TEST).run()
+    at.sidebar.number_input(key="test_index").set_value(42).run()
+    at.sidebar.radio(key="source").set_value(EXAMPLE).run()
+    assert at.sidebar.selectbox(key="example").value == chosen
+    at.sidebar.radio(key="source").set_value(TEST).run()
+    assert at.sidebar.number_input(key="test_index").value == 42 and not at.exception
+
+
+def test_the_attribution_panel_keeps_its_model_and_count_knobs_show_whole_numbers():
+    at = open_page(PIXELS)
+    at.selectbox(key="attribution:model").set_value("early_exit").run()
+    at.switch_page("views/overview.py").run()
+    at.switch_page(PIXELS).run()
+    assert at.selectbox(key="attribution:model").value == "early_exit" and not at.exception
+    at.switch_page(EXPERTS).run()
+    k = next(s for s in at.slider if s.key == "knob:vit_tokens:top_k")
+    assert k.proto.format == "%d"  # "2", not "2.00"
+    assert slider(at, "Capacity factor C").proto.format != "%d"
 
 
 @pytest.mark.parametrize("kind", ["not a zip", "no test folder"])
