@@ -99,7 +99,7 @@ def render_budget(chosen: list[str]) -> None:
     st.session_state[state.COMPARE_BUDGET] = budget
     left, right = st.columns([3, 1], vertical_alignment="bottom")
     left.slider(
-        "Budget: mean MFLOPs per test image", lo, hi, budget, step=1.0, key=state.COMPARE_BUDGET,
+        "Budget: mean MFLOPs per test image", lo, hi, budget, step=1.0, format="%d", key=state.COMPARE_BUDGET,
         on_change=lambda: st.session_state.update({state.COMPARE_BUDGET_VALUE: st.session_state[state.COMPARE_BUDGET]}),
         help="Each configuration's swept knob is set from its eval table so that its mean compute on the "
         "CIFAR-10 test set is the closest to this budget without exceeding it.",
