@@ -102,7 +102,7 @@ def load_image(data: bytes, name: str = "upload") -> LoadedImage:
                 f"{name} claims more pixels than this app decodes (a corrupt header, or a decompression bomb)."
             ) from None
         except ValueError as err:
-            if "MAX_TEXT_CHUNK" not in str(err):
+            if "MAX_TEXT_CHUNK" not in str(err) and "text chunks" not in str(err):  # MAX_TEXT_MEMORY's too
                 raise InputError(f"{name} could not be decoded (truncated or corrupt file): {err}") from None
             raise InputError(
                 f"{name} carries metadata (a colour profile or text) larger than the 1 MB Pillow reads safely; "

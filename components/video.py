@@ -27,8 +27,9 @@ MAX_PIXELS = 8192 * 8192  # a frame larger than this is refused before decoding
 EXTENSIONS = ("mp4", "webm", "mov", "gif", "mkv", "avi", "m4v")
 SEEK_GAP = 2.0  # seconds: a sample further ahead than this is reached by seeking, not by decoding
 SEEK_BACK = 0.5  # seconds: seek this far before the sample, so that B-frames shown before a keyframe decode
-MAX_DECODED_PIXELS = 4_000_000_000  # decoding stops after this many pixels: about a minute of 1080p at 30
-# fps, 16 s of 4K, or 60 frames of a GIF's 8192x8192 canvas (a 69 KB GIF can ask for thousands)
+MAX_DECODED_PIXELS = 20_000_000_000  # decoding stops after this many pixels: above what a 25 MB upload
+# decodes to when sampled whole (5 minutes of 1080p at 30 fps, 80 s of 4K), but only 300 frames of a
+# GIF's 8192x8192 canvas (a 69 KB GIF can ask for thousands: 91 s and 1.1 GB before this bound)
 
 
 class VideoError(ValueError):
@@ -282,8 +283,10 @@ def _sample(
         return frames, decoded, now, first_turns, True
     finally:
         if damaged[0]:
+            one = damaged[0] == 1
             notes.append(
-                f"{damaged[0]} damaged packets could not be decoded and were skipped: their frames are missing."
+                f"{damaged[0]} damaged packet{'' if one else 's'} could not be decoded and "
+                f"{'was' if one else 'were'} skipped: {'its' if one else 'their'} frames are missing."
             )
     return frames, decoded, now, first_turns, False
 

@@ -292,8 +292,8 @@ class GatedResNet(DynamicModel):
         dynamic = gates_enabled(threshold)
         h = self.stem(x)
         b = x.shape[0]
-        ran = torch.ones(b, self.num_blocks, dtype=torch.bool)
-        gate_probs = torch.full((b, self.num_blocks), float("nan"))
+        ran = torch.ones(b, self.num_blocks, dtype=torch.bool, device=x.device)
+        gate_probs = torch.full((b, self.num_blocks), float("nan"), device=x.device)
         for i, (gate, block) in enumerate(zip(self.gates, self.blocks, strict=True)):
             h = self._before(i, h)
             if dynamic:

@@ -316,7 +316,7 @@ class PixelMaskResNet(GatedResNet):
         dynamic = gates_enabled(threshold)
         h = self.stem(x)
         b = x.shape[0]
-        positions = torch.zeros(b, self.num_blocks, 2, dtype=torch.long)
+        positions = torch.zeros(b, self.num_blocks, 2, dtype=torch.long, device=x.device)
         for i, (unit, block) in enumerate(zip(self.gates, self.blocks, strict=True)):
             h = self._before(i, h)
             if not dynamic:
@@ -327,7 +327,8 @@ class PixelMaskResNet(GatedResNet):
             positions[:, i, 0] = dilate(mask).flatten(1).sum(1)
             positions[:, i, 1] = mask.flatten(1).sum(1)
             h = h + mask.to(h.dtype)[:, None] * block.body(h)
-        density = positions[..., 1].double() / torch.tensor([self.block_size(i) ** 2 for i in range(self.num_blocks)])
+        sizes = torch.tensor([self.block_size(i) ** 2 for i in range(self.num_blocks)], device=x.device)
+        density = positions[..., 1].double() / sizes
         return self.head(h).softmax(-1), positions, density
 
     def evaluate_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -243,11 +243,14 @@ def train(args: argparse.Namespace) -> dict:
         opt.load_state_dict(resumed["optimizer"])
         gen.set_state(resumed["generator"].cpu())
         torch.set_rng_state(resumed["torch_rng"].cpu())
+        if args.device.type == "cuda" and resumed.get("cuda_rng") is not None:  # gate, router and mask noise
+            torch.cuda.set_rng_state_all([s.cpu() for s in resumed["cuda_rng"]])
         step, first, spent, val = resumed["step"], resumed["epoch"], resumed["seconds"], resumed["val"]
         init, sessions = resumed["init"], resumed["sessions"]
         print(json.dumps({"resumed": str(checkpoint_file(args)), "epoch": first, "of": args.epochs}), flush=True)
     sessions = [*sessions, first]  # the epoch each invocation started at
     record["torch"] = list(dict.fromkeys([*record["torch"], str(torch.__version__)]))
+    record["device"] = list(dict.fromkeys([*record.get("device", []), device_name(args.device)]))  # every session's
     last = args.epochs if args.stop_after is None else min(args.epochs, first + args.stop_after)
     start = time.time()
     for epoch in range(first, last):
@@ -283,6 +286,7 @@ def train(args: argparse.Namespace) -> dict:
                 "schedule": schedule_of(args), "epoch": epoch + 1, "step": step, "seconds": spent + time.time() - start,
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
                 "torch_rng": torch.get_rng_state(), "val": val, "init": init, "sessions": sessions, "record": record,
+                "cuda_rng": torch.cuda.get_rng_state_all() if args.device.type == "cuda" else None,
             })  # fmt: skip
     return {
         "model": model, "val": val, "seconds": spent + time.time() - start, "n_train": len(train_split), "init": init,
@@ -319,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
             "seed": args.seed,
             "loss": record["loss"],
             "bf16": args.bf16,
-            "device": device_name(args.device),
+            "device": ", ".join(record["device"]),
             "seconds": round(result["seconds"]),
             "resumed_at_epochs": result["sessions"][1:],
             "torch": ", ".join(record["torch"]),

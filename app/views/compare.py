@@ -64,6 +64,7 @@ def match_budget(chosen: list[str]) -> None:
     lie on, to the point whose test-set mean compute is closest to the budget from below. The
     budget is read here, not passed from the run that drew the button (it may be older)."""
     budget = st.session_state[state.COMPARE_BUDGET]
+    st.session_state[state.COMPARE_BUDGET_VALUE] = budget  # the budget shown, moved or not (the captions' key)
     matched = {}
     for i, name in enumerate(chosen):
         model, table = load_model(name), table_of(name)

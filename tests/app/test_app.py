@@ -235,6 +235,9 @@ def test_compare_keeps_the_budget_and_says_matched_only_at_the_budget_shown():
     assert at.slider(key="compare:budget").value == 150.0 and len(matched()) == 1
     at.slider(key="compare:budget").set_value(160.0).run()
     assert not matched() and not at.exception
+    fresh = open_page(COMPARE)  # matched at the budget the slider starts at, never moved
+    fresh.button[0].click().run()
+    assert len([c for c in fresh.caption if c.value.startswith("Matched to the budget")]) == 2
 
 
 @pytest.mark.dataset
