@@ -16,7 +16,7 @@ from PIL import Image
 
 from app import state
 from components.images import EXTENSIONS, InputError, load_image
-from components.render import current_value
+from components.render import current_index, current_value
 from models.data import CLASSES, ENV_VAR, Split, load_split, resolve_source
 
 UPLOAD, TEST, EXAMPLE = "Upload", "CIFAR-10 test image", "Example photo"
@@ -119,8 +119,7 @@ def _test_image() -> InputImage | None:
 
 def _example() -> InputImage | None:
     names = list(EXAMPLES)
-    kept = current_value(state.EXAMPLE, names[0])
-    choice = st.selectbox("Photo", names, index=names.index(kept) if kept in names else 0, key=state.EXAMPLE)
+    choice = st.selectbox("Photo", names, index=current_index(state.EXAMPLE, names, names[0]), key=state.EXAMPLE)
     loader, cls = EXAMPLES[choice]
     return _from_array(example_array(loader), choice, CLASSES.index(cls) if cls else None)
 

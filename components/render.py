@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ def render_knobs(
         current = current_value(key, defaults.get(knob.key, knob.default))
         if knob.options:
             names = dict(zip(knob.options, knob.option_labels or knob.options, strict=True))
-            index = knob.options.index(current) if current in knob.options else knob.options.index(knob.default)
+            index = current_index(key, knob.options, knob.default)
             values[knob.key] = st.selectbox(
                 knob.label, knob.options, index=index, key=key, help=knob.help, format_func=names.__getitem__,
                 disabled=disabled,
@@ -36,6 +36,13 @@ def render_knobs(
                 help=knob.help, disabled=disabled, format="%d" if knob.counts else None,
             )  # fmt: skip
     return values
+
+
+def current_index(key: str, options: Sequence[Any], default: Any) -> int:
+    """The index of a choice widget's current value (:func:`current_value`) among ``options``;
+    ``default``'s where the kept value is no longer one of them."""
+    value = current_value(key, default)
+    return options.index(value if value in options else default)
 
 
 def current_value(key: str, default: Any) -> Any:

@@ -18,7 +18,7 @@ from components.export import Panel, make_comparison_png
 from components.figures import make_accuracy_curve
 from components.images import square_thumbnail
 from components.pictures import decision_of, mechanism_picture
-from components.render import NOISY_SPREAD, Timing, current_value, render_knobs
+from components.render import NOISY_SPREAD, Timing, current_index, current_value, render_knobs
 from models import available, model_class
 from models.core import Curve, DynamicModel, Trace
 
@@ -112,7 +112,7 @@ def render_config_controls(i: int) -> tuple[str, dict[str, Any]]:
     """Configuration ``i``'s model and knobs."""
     names, key = available(), state.compare_key(i, "model")
     name = st.selectbox(
-        "Model", names, index=names.index(current_value(key, names[i % len(names)])), key=key,
+        "Model", names, index=current_index(key, names, names[i % len(names)]), key=key,
         format_func=lambda n: model_class(n).title,
     )  # fmt: skip
     model = load_model(name)

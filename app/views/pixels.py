@@ -28,7 +28,7 @@ from components.figures import block_label, make_accuracy_curve, make_block_dens
 from components.images import square_thumbnail
 from components.overlays import make_mask_overlay
 from components.pictures import make_compute_map
-from components.render import Timing, current_value, render_cost_metrics
+from components.render import Timing, current_index, render_cost_metrics
 from models import available, model_class
 from models.core import Trace
 
@@ -90,9 +90,8 @@ def render_dataset_panel(table: dict[str, Any], threshold: float, per_stage: int
 def render_attribution(picked: InputImage, trace: Trace, x: torch.Tensor, image: Image.Image) -> None:
     st.subheader("Where it computes vs where it looks")
     names = available()
-    kept = current_value(state.ATTRIBUTION_MODEL, MODEL)
     name = st.selectbox(
-        "Explain", names, index=names.index(kept if kept in names else MODEL), key=state.ATTRIBUTION_MODEL,
+        "Explain", names, index=current_index(state.ATTRIBUTION_MODEL, names, MODEL), key=state.ATTRIBUTION_MODEL,
         format_func=lambda n: model_class(n).title,
         help="The panel works for every model: the run at this page's threshold for the pixel masks, at the "
         "card's default knobs for the others (the early-exit model: the exit that fired vs the last exit).",

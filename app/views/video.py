@@ -16,7 +16,7 @@ from app.models_cache import load_model, use_inference_threads
 from components.figures import make_video_timeline
 from components.images import square_thumbnail, to_model_input
 from components.pictures import decision_of, mechanism_picture
-from components.render import current_value, render_knobs
+from components.render import current_index, current_value, render_knobs
 from components.video import EXTENSIONS, FrameResult, Video, VideoError, read_frames, run_frames
 from models import available, model_class
 
@@ -133,7 +133,7 @@ def render_video() -> None:
     file = st.file_uploader("Video", type=list(EXTENSIONS), key=state.VIDEO_UPLOAD,
                             help="mp4, webm, mov, mkv, avi or an animated gif; decoded with PyAV (FFmpeg).")  # fmt: skip
     kept = current_value  # the page's settings are kept between pages (app.state.keep_settings)
-    sampling = SAMPLING.index(kept(state.VIDEO_SPREAD, SAMPLING[0]))
+    sampling = current_index(state.VIDEO_SPREAD, SAMPLING, SAMPLING[0])
     spread = st.radio("Sample", SAMPLING, index=sampling, horizontal=True, key=state.VIDEO_SPREAD,
                       help=SAMPLING_HELP) == SAMPLING[1]  # fmt: skip
     a, b = st.columns(2)
@@ -169,7 +169,7 @@ def render_video() -> None:
     with controls:
         default = names.index("early_exit") if "early_exit" in names else 0
         name = st.selectbox(
-            "Model", names, index=names.index(kept(state.VIDEO_MODEL, names[default])), key=state.VIDEO_MODEL,
+            "Model", names, index=current_index(state.VIDEO_MODEL, names, names[default]), key=state.VIDEO_MODEL,
             format_func=lambda n: model_class(n).title,
         )  # fmt: skip
         model = load_model(name)
