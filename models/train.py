@@ -12,6 +12,11 @@ runs again; ``--stop-after N`` ends this invocation after N epochs. The result i
 weights as one uninterrupted run (a test checks), so a CPU-only machine can train over several
 sessions. Weights and card are written only when the schedule is complete.
 
+``--time-budget SECONDS`` trains as many epochs as fit in that wall time (at most ``--epochs``):
+after every epoch from the second on, the plan shrinks to what the measured pace still fits, and
+the learning-rate schedule follows the plan. The card records the epochs that ran. The shipped
+weights were trained so, the four models side by side on one GPU (``make train-gpu``).
+
 Recipe: SGD with Nesterov momentum (``--optimizer adamw`` for the transformer, as DeiT trains
 ViTs), a one-cycle learning rate (linear warm-up, linear decay), random crop and flip, bf16
 autocast on CPUs with native bf16 kernels (about 2.3x faster than fp32 on AVX-512 cores); fp32
@@ -77,6 +82,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="folder for the training state: saved after every epoch, resumed from if present",
     )
     p.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="SECONDS",
+        help="train as many epochs as fit in SECONDS of wall time, data loading included (at most --epochs): "
+        "after every epoch the plan shrinks to what the measured epochs say still fits, and the learning-rate "
+        "schedule follows the plan (not with --checkpoint)",
+    )
+    p.add_argument(
         "--stop-after", type=int, metavar="N", help="end this invocation after N epochs (needs --checkpoint)"
     )
     args = p.parse_args(argv)
@@ -84,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("a --limit run must not replace the shipped weights: give --out")
     if args.stop_after is not None and (args.checkpoint is None or args.stop_after < 1):
         p.error("--stop-after needs --checkpoint (to resume from) and N >= 1")
+    if args.time_budget is not None and (args.checkpoint or args.time_budget <= 0):
+        p.error("--time-budget needs a positive number of seconds, and no --checkpoint (a resumed run has no one plan)")
     args.out = args.out or WEIGHTS_DIR
     args.device = torch.device(args.device)
     if args.device.type == "cuda" and not torch.cuda.is_available():
@@ -144,6 +159,17 @@ def lr_at(step: int, total: int, peak: float, warmup: float) -> float:
     if step < w:
         return peak * (0.1 + 0.9 * step / w)
     return peak * max(0.0, (total - step) / (total - w))
+
+
+def epochs_that_fit(done: int, seconds_per_epoch: float, seconds_left: float, planned: int) -> int:
+    """The plan after ``done`` epochs under a time budget: as many more epochs as the measured
+    pace fits in the seconds left, never more than ``planned`` and never fewer than are done."""
+    more = int(seconds_left // seconds_per_epoch) if seconds_per_epoch > 0 else planned
+    return max(done, min(planned, done + max(0, more)))
+
+
+# share of a --time-budget the epochs may fill: the rest is for the last validation and the writing
+BUDGET_SHARE = 0.97
 
 
 # what must match for a checkpoint to continue this run's schedule
@@ -214,6 +240,7 @@ def load_checkpoint(args: argparse.Namespace) -> dict | None:
 
 
 def train(args: argparse.Namespace) -> dict:
+    began = time.time()  # a --time-budget counts from here, data loading included
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -252,8 +279,9 @@ def train(args: argparse.Namespace) -> dict:
     record["torch"] = list(dict.fromkeys([*record["torch"], str(torch.__version__)]))
     record["device"] = list(dict.fromkeys([*record.get("device", []), device_name(args.device)]))  # every session's
     last = args.epochs if args.stop_after is None else min(args.epochs, first + args.stop_after)
+    planned, epoch = args.epochs, first
     start = time.time()
-    for epoch in range(first, last):
+    while epoch < min(planned, last):
         model.train()
         order = torch.randperm(len(train_split), generator=gen).to(args.device)
         for i in range(steps_per_epoch):
@@ -267,11 +295,22 @@ def train(args: argparse.Namespace) -> dict:
             loss.backward()
             opt.step()
             step += 1
-        val = exit_accuracy(model, val_split) if (epoch + 1) % 5 == 0 or epoch + 1 == args.epochs else None
+        epoch += 1
+        if args.time_budget:  # before the validation, so that a plan ending here validates
+            # the pace leaves out this session's first epoch (it starts the GPU's kernels and
+            # caches), which plans only a stop: the budget holds no second epoch at its pace
+            if epoch == first + 1:
+                warm = time.time()
+            pace = (time.time() - warm) / (epoch - first - 1) if epoch > first + 1 else time.time() - start
+            fit = epochs_that_fit(epoch, pace, args.time_budget * BUDGET_SHARE - (time.time() - began), planned)
+            if fit != planned and (epoch > first + 1 or fit == epoch):
+                planned, total = fit, steps_per_epoch * fit
+                print(json.dumps({"plan": planned, "seconds_per_epoch": round(pace, 2)}), flush=True)
+        val = exit_accuracy(model, val_split) if epoch % 5 == 0 or epoch == planned else None
         print(
             json.dumps(
                 {
-                    "epoch": epoch + 1,
+                    "epoch": epoch,
                     "seconds": round(spent + time.time() - start),
                     **{k: round(float(v), 4) for k, v in logs.items()},  # the epoch's last step
                     "val": [round(a, 4) for a in val] if val else None,
@@ -281,16 +320,16 @@ def train(args: argparse.Namespace) -> dict:
         )
         # not after the last epoch: main() writes the weights, then removes the checkpoint, so a
         # run killed in between redoes the last epoch, and a finished run leaves none behind
-        if args.checkpoint and epoch + 1 < args.epochs:
+        if args.checkpoint and epoch < args.epochs:
             save_checkpoint(args, {
-                "schedule": schedule_of(args), "epoch": epoch + 1, "step": step, "seconds": spent + time.time() - start,
+                "schedule": schedule_of(args), "epoch": epoch, "step": step, "seconds": spent + time.time() - start,
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
                 "torch_rng": torch.get_rng_state(), "val": val, "init": init, "sessions": sessions, "record": record,
                 "cuda_rng": torch.cuda.get_rng_state_all() if args.device.type == "cuda" else None,
             })  # fmt: skip
     return {
         "model": model, "val": val, "seconds": spent + time.time() - start, "n_train": len(train_split), "init": init,
-        "done": last == args.epochs, "epochs_done": last, "sessions": sessions, "record": record,
+        "done": epoch == planned, "epochs_done": epoch, "sessions": sessions, "record": record,
     }  # fmt: skip
 
 
@@ -315,7 +354,8 @@ def main(argv: list[str] | None = None) -> None:
             "command": recorded_command(sys.argv[1:] if argv is None else argv),
             "data": f"CIFAR-10 train/ ({source.name if source else 'torchvision'}), "
             f"{result['n_train']} images; validation hold-out of train/ excluded",
-            "epochs": args.epochs,
+            "epochs": result["epochs_done"],
+            **({"time_budget_s": args.time_budget, "epochs_at_most": args.epochs} if args.time_budget else {}),
             "batch_size": args.batch_size,
             "optimizer": args.optimizer,
             "peak_lr": args.lr,

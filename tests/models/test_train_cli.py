@@ -134,3 +134,29 @@ def test_stop_after_needs_a_checkpoint(tmp_path):
 def test_the_recorded_command_leaves_out_how_the_run_was_split():
     argv = ["--model", "early_exit", "--epochs", "40", "--checkpoint", "ckpt", "--stop-after=3", "--lr", "0.1"]
     assert recorded_command(argv) == "python -m models.train --model early_exit --epochs 40 --lr 0.1"
+
+
+@pytest.mark.parametrize(
+    ("done", "pace", "left", "planned", "fit"),
+    [(1, 10.0, 95.0, 200, 10), (3, 10.0, 5.0, 200, 3), (1, 10.0, 1e6, 40, 40), (2, 10.0, -30.0, 40, 2)],
+)
+def test_a_time_budget_plans_the_epochs_that_fit(done, pace, left, planned, fit):
+    assert train.epochs_that_fit(done, pace, left, planned) == fit
+
+
+@pytest.mark.dataset
+def test_a_time_budget_ends_the_run_early_with_a_validated_card(cifar_path, tmp_path, capsys):
+    """A budget spent by the first epoch ends the run there: validated, written, and the card
+    says how many epochs ran and under which budget."""
+    main(["--model", "early_exit", "--data", str(cifar_path), "--epochs", "5", "--limit", "64",
+          "--batch-size", "32", "--out", str(tmp_path), "--time-budget", "0.01"])  # fmt: skip
+    card = json.loads((tmp_path / "early_exit.json").read_text())
+    assert card["training"]["epochs"] == 1
+    assert card["training"]["time_budget_s"] == 0.01 and card["training"]["epochs_at_most"] == 5
+    assert len(card["val_accuracy"]) == len(models.model_class("early_exit")().monitor_names)
+    assert '"plan": 1' in capsys.readouterr().out
+
+
+def test_a_time_budget_cannot_be_resumed(tmp_path):
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "early_exit", "--out", str(tmp_path), "--time-budget", "60", "--checkpoint", "c"])
