@@ -45,3 +45,16 @@ def test_the_readme_reports_each_shipped_models_test_accuracy(card):
     the card gives it (the "Measured so far" tables)."""
     accuracy = json.loads(card.read_text())["test_accuracy"]
     assert f"{100 * accuracy:.2f} % top-1" in (ROOT / "README.md").read_text(), card.stem
+
+
+def test_make_train_gpu_runs_the_shipped_cards_recipes():
+    """`make train-gpu` is how the shipped weights were made: its commands are the cards'."""
+    import subprocess
+
+    dry = subprocess.run(["make", "-n", "train-gpu", "DATA=PATH"], cwd=ROOT, capture_output=True, text=True, check=True)
+    text = dry.stdout.replace("\\\n", " ")
+    made = [recipe(part.split(">")[0]) for part in text.split("&") if "models.train" in part]
+    shipped = [
+        recipe(json.loads(card.read_text())["training"]["command"]) for card in sorted(WEIGHTS_DIR.glob("*.json"))
+    ]
+    assert sorted(made) == sorted(shipped)
