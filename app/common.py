@@ -117,10 +117,12 @@ def render_table_header(
              delta_color="off", delta_arrow="off")  # fmt: skip
 
 
-def render_explanation(title: str, text: str, papers: tuple[str, ...]) -> None:
+def render_explanation(title: str, text: str, model: DynamicModel, extra_papers: tuple[str, ...] = ()) -> None:
+    """The page's explanation, how the model's weights were made (from its card), and papers."""
     with st.expander(title, expanded=False):
         st.markdown(text)
-        st.markdown("\n".join(f"- {paper}" for paper in papers))
+        st.markdown(model.card.provenance())
+        st.markdown("\n".join(f"- {paper}" for paper in (*model.papers, *extra_papers)))
 
 
 def render_model_page(
@@ -139,7 +141,7 @@ def render_model_page(
     if picked is None:
         return
     run(picked, model_input(name, picked.key, picked.image))
-    render_explanation(*explanation, (*model.papers, *extra_papers))
+    render_explanation(*explanation, model, extra_papers)
 
 
 def render_knobs_or_static(model: DynamicModel, toggle: str, help: str, *, toggle_key: str) -> dict[str, Any]:

@@ -213,6 +213,21 @@ class Card:
     def card_path(self) -> Path:
         return WEIGHTS_DIR / f"{self.name}.json"
 
+    def provenance(self) -> str:
+        """How these weights were made, in one sentence from the card: where training started,
+        the data, epochs, device and time, and the measured test accuracy."""
+        run = self.meta.get("training")
+        if not run:
+            return f"`assets/weights/{self.name}.json` records no training run for these weights."
+        start = self.meta.get("initialised_from")
+        begun = f"starting from `{start['weights']}`" if start else "from scratch"
+        tested = self.meta.get("test_accuracy")
+        tested = f"; {100 * tested:.2f} % top-1 on the CIFAR-10 test split" if tested is not None else ""
+        return (
+            f"These weights: trained {begun} on {run['data']}, {run['epochs']} epochs on {run['device']} "
+            f"in {run['seconds']} s{tested} (`assets/weights/{self.name}.json`)."
+        )
+
 
 class DynamicModel(nn.Module):
     """Base class of every dynamic model. Subclasses set ``name``, ``title``, ``category``,

@@ -98,8 +98,8 @@ resolution (stem, two downsampling convolutions, head) always run. Compute count
 gates included.
 
 The gates were trained with Gumbel-sigmoid samples and straight-through hard decisions, with a
-loss that pulls each block's execution rate towards a target (ConvNet-AIG). The backbone began
-as the early-exit model's, as SkipNet and BlockDrop begin from a trained ResNet.
+loss that pulls each block's execution rate towards a target (ConvNet-AIG). A share of each
+batch ran every block (the card's `all_on_share`), so the same weights serve as the static network.
 """
 
 

@@ -166,7 +166,7 @@ def main() -> None:
     table = checked_table(MODEL)
     if table is not None:
         render_dataset_panel(table, knobs, classes)
-    render_explanation("How early exits work", explanation(len(classes)), model.papers)
+    render_explanation("How early exits work", explanation(len(classes)), model)
 
 
 main()

@@ -121,8 +121,7 @@ skipped: compare the latency with the dense network's, beside it.
 **Training.** The masks were trained with Gumbel-sigmoid noise and straight-through hard
 decisions (the residual computed densely and multiplied by the mask, exactly what the sparse
 path computes at kept positions), with a sparsity loss pulling the network's conv cost,
-counted with the grown masks, towards a target. The backbone started from the gated ResNet's
-weights.
+counted with the grown masks, towards a target, for the network and for each block.
 
 **Attribution.** Grad-CAM weighs the 8x8 feature map that leaves stage 2 by the gradient of the
 predicted class; saliency is the input gradient; integrated gradients average it from the

@@ -6,7 +6,7 @@ import pytest
 
 import models
 from models.__main__ import main as list_main
-from models.core import DynamicModel, register
+from models.core import Card, DynamicModel, register
 
 
 def test_every_model_is_listed_with_its_contract_fields(capsys):
@@ -28,3 +28,20 @@ def test_register_refuses_duplicates_and_unknown_categories():
         register(type("Odd", (DynamicModel,), {"name": "odd", "category": "sideways"}))
     with pytest.raises(KeyError):
         models.get("no_such_model")
+
+
+@pytest.mark.parametrize("name", models.available())
+def test_each_page_says_how_its_weights_were_made_from_the_card(name):
+    card = models.model_class(name)().card
+    run = card.meta["training"]
+    line = card.provenance()
+    assert f"{run['epochs']} epochs on {run['device']}" in line and f"{100 * card.meta['test_accuracy']:.2f} %" in line
+    assert ("from scratch" in line) is (card.meta["initialised_from"] is None)
+
+
+def test_a_card_without_a_training_run_says_so():
+    card = Card("m", "M", "output", (), (), 32, (0, 0, 0), (1, 1, 1), {})
+    assert "records no training run" in card.provenance()
+    card.meta.update(training={"data": "D", "epochs": 3, "device": "cpu", "seconds": 9},
+                     initialised_from={"weights": "w.safetensors"})  # fmt: skip
+    assert card.provenance().startswith("These weights: trained starting from `w.safetensors` on D, 3 epochs on cpu")
