@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from models.early_exit import EarlyExitResNet
 from tests.support import ROOT, chromium_browser, make_video, metric_value, serve_app, threshold_slider, wait_idle
 
 pytestmark = pytest.mark.browser
@@ -81,10 +82,11 @@ def test_a_page_keeps_its_knobs_while_another_page_reruns_its_fragment(app_url, 
     page.goto(f"{app_url}/early_exits")
     page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
     wait_idle(page)
+    moved = f"{EarlyExitResNet().card.meta['default_knobs']['threshold'] + 0.05:.2f}"  # five steps of 0.01
     threshold_slider(page).focus()
     for _ in range(5):
         page.keyboard.press("ArrowRight")
-    threshold_text(page, "threshold 0.73")
+    threshold_text(page, f"threshold {moved}")
     page.get_by_role("link", name="Tokens", exact=True).click()
     page.get_by_role("heading", name="Tokens", exact=True).wait_for(timeout=60_000)
     keep = threshold_slider(page, "Keep ratio (prune)")
@@ -96,8 +98,8 @@ def test_a_page_keeps_its_knobs_while_another_page_reruns_its_fragment(app_url, 
     wait_for_metric_change(page, "Compute", before)
     page.get_by_role("link", name="Early exits", exact=True).click()
     page.get_by_role("heading", name="Early exits", exact=True).wait_for(timeout=60_000)
-    threshold_text(page, "threshold 0.73")  # not the default 0.68
-    assert threshold_slider(page).input_value() == "0.73"
+    threshold_text(page, f"threshold {moved}")  # not the default
+    assert threshold_slider(page).input_value() == moved
     page.close()
 
 
