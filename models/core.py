@@ -221,8 +221,8 @@ class Card:
             return f"`assets/weights/{self.name}.json` records no training run for these weights."
         start = self.meta.get("initialised_from")
         begun = f"starting from `{start['weights']}`" if start else "from scratch"
-        tested = self.meta.get("test_accuracy")
-        tested = f"; {100 * tested:.2f} % top-1 on the CIFAR-10 test split" if tested is not None else ""
+        accuracy = self.meta.get("test_accuracy")
+        tested = "" if accuracy is None else f"; {100 * accuracy:.2f} % top-1 on the CIFAR-10 test split"
         return (
             f"These weights: trained {begun} on {run['data']}, {run['epochs']} epochs on {run['device']} "
             f"in {run['seconds']} s{tested} (`assets/weights/{self.name}.json`)."
