@@ -12,11 +12,9 @@ import torch
 from app import state
 from app.common import (
     checked_table,
-    model_input,
     nearest_point,
     path_latency,
-    render_explanation,
-    render_page_header,
+    render_model_page,
     render_prediction,
     render_seen_image,
     render_table_header,
@@ -115,15 +113,12 @@ static network. A static exit (squares on the curve) runs only its own classifie
 """
 
 
-def main() -> None:
+@state.knob_fragment
+def render_exit_run(picked: Any, x: torch.Tensor) -> None:
+    """Everything the threshold and criterion change: reruns alone when they move (the
+    re-decision from the cached all-exits pass, and one real batch-1 run as a check)."""
     model = load_model(MODEL)
-    card = model.card
-    picked = render_page_header(
-        "Early exits", "Output-adaptive: stop the forward pass at the first exit that is confident enough."
-    )
-    if picked is None:
-        return
-    x = model_input(MODEL, picked.key, picked.image)
+    classes = model.card.classes
     defaults = {k.key: model.default_knob(k) for k in model.knobs}
     record = all_exits_record(MODEL, picked.key, x)
 
@@ -133,7 +128,6 @@ def main() -> None:
     trace = model.redecide(record, **knobs)
     fired_real, timing = latency_of(trace, picked.key, x)
     fired = trace.extras["fired_exit"]
-    classes = card.classes
 
     with top_left:
         render_seen_image(picked, model.input_size)
@@ -142,8 +136,6 @@ def main() -> None:
         render_cost_metrics(trace, timing=timing)
         if fired_real != fired:  # the real path and the instant re-decision must agree; say so if not
             st.warning(f"The batch-1 run stopped at exit {fired_real + 1}, the re-decision at exit {fired + 1}.")
-    with st.sidebar:
-        st.markdown(f"**{MODEL}**: {classes[trace.prediction]} ({100 * trace.confidence:.0f}%), exit {fired + 1}")
 
     st.plotly_chart(strip_figure(picked.key, run_path(trace), trace, classes), key="ee_strip")
     left, right = st.columns([3, 2])
@@ -166,7 +158,9 @@ def main() -> None:
     table = checked_table(MODEL)
     if table is not None:
         render_dataset_panel(table, knobs, classes)
-    render_explanation("How early exits work", explanation(len(classes)), model)
 
 
-main()
+render_model_page(
+    MODEL, "Early exits", "Output-adaptive: stop the forward pass at the first exit that is confident enough.",
+    render_exit_run, ("How early exits work", explanation(len(load_model(MODEL).card.classes))),
+)  # fmt: skip
