@@ -22,29 +22,38 @@ FIRED = "#d62728"
 EXIT = "#ff7f0e"
 STATIC = "#7f7f7f"
 FONT = {"size": 13}
+# a heatmap with a class per row and a colour bar: room for "automobile" and the bar's labels
+CLASS_HEATMAP = {"l": 90, "r": 100, "b": 46}
 
 
-def shared_layout(*, height: int, title: str | None = None, right: int = 10, showlegend: bool = False) -> dict:
-    """The layout every figure shares; ``right``: the right margin in pixels (room for labels
-    outside the plot)."""
-    layout = {"height": height, "margin": {"l": 10, "r": right, "t": 40 if title else 10, "b": 10}, "font": FONT,
-              "showlegend": showlegend}  # fmt: skip
+def shared_layout(*, height: int, title: str | None = None, margin: dict[str, int] | None = None,
+                  showlegend: bool = False) -> dict:  # fmt: skip
+    """The layout every figure shares. ``margin``: room in pixels for what sits outside the plot
+    (tick labels, axis titles, a legend below, a colour bar), as much as it takes.
+
+    Plotly grows a margin that is too small for its labels ("automargin"), but only after drawing
+    the figure, and then draws it again. Streamlit draws a chart anew each time its figure
+    changes, so every slider move paid for two drawings of each chart it changed: giving the room
+    up front took the early-exit page's slider-to-figure time in Chromium from 560 to 294 ms
+    (stop 15). The browser tests check that no chart of the model pages needs more room."""
+    room = {"l": 10, "r": 10, "t": 40 if title else 10, "b": 10} | (margin or {})
+    layout = {"height": height, "margin": room, "font": FONT, "showlegend": showlegend}
     return layout | ({"title": title} if title else {})
 
 
 def make_figure(
-    data: Sequence[Any], *, height: int, title: str | None = None, right: int = 10, showlegend: bool = False,
-    shapes: Sequence[dict] = (), annotations: Sequence[dict] = (), **layout: Any,
+    data: Sequence[Any], *, height: int, title: str | None = None, margin: dict[str, int] | None = None,
+    showlegend: bool = False, shapes: Sequence[dict] = (), annotations: Sequence[dict] = (), **layout: Any,
 ) -> go.Figure:  # fmt: skip
-    """A figure built in one go: its traces, the shared layout, and ``layout``'s own keys (axes
-    as ``xaxis``/``yaxis`` dicts, shapes, annotations). Plotly checks a layout passed to the
-    constructor once; ``update_layout``, ``update_xaxes`` and ``add_shape`` each walk the figure
-    again, and together they were most of what building a chart cost on every slider move (an
+    """A figure built in one go: its traces, the shared layout (``margin``: see
+    :func:`shared_layout`), and ``layout``'s own keys (axes as ``xaxis``/``yaxis`` dicts, shapes,
+    annotations). Plotly checks a layout passed to the constructor once; ``update_layout``,
+    ``update_xaxes`` and ``add_shape`` each walk the figure again, and together they were most of what building a chart cost on every slider move (an
     early-exit threshold move rebuilds four)."""
     extra = {"shapes": list(shapes)} if shapes else {}
     extra |= {"annotations": list(annotations)} if annotations else {}
     return go.Figure(
-        data=list(data), layout=shared_layout(height=height, title=title, right=right, showlegend=showlegend) | extra
+        data=list(data), layout=shared_layout(height=height, title=title, margin=margin, showlegend=showlegend) | extra
         | layout,
     )  # fmt: skip
 
@@ -135,7 +144,7 @@ def make_exit_confidence(trace: Trace, threshold: float, classes: Sequence[str],
         hovertemplate="confidence %{y:.3f}<br>top class %{customdata}<extra></extra>",
     )  # fmt: skip
     line, label = _hline(threshold, {"color": "black", "dash": "dash"}, f"threshold {threshold:.2f}", outside=True)
-    return make_figure([bars], height=300, right=100, shapes=[line], annotations=[label],
+    return make_figure([bars], height=300, margin={"l": 72, "r": 100, "b": 56}, shapes=[line], annotations=[label],
                    yaxis={"range": [0, 1.05], "title": criterion_label})  # fmt: skip
 
 
@@ -188,8 +197,9 @@ def make_accuracy_curve(
                 hovertemplate="current setting<br>%{x:.1f} MFLOPs, %{y:.2f}%<extra></extra>",
             )
         )  # fmt: skip
-    return make_figure(data, height=360, showlegend=True, legend={"orientation": "h", "y": -0.25},
-                   xaxis={"title": "mean MFLOPs per test image"}, yaxis={"title": "test top-1 accuracy (%)"})  # fmt: skip
+    return make_figure(data, height=360, margin={"l": 70, "r": 16, "t": 20, "b": 120}, showlegend=True,
+                   legend={"orientation": "h", "y": -0.25}, xaxis={"title": "mean MFLOPs per test image"},
+                   yaxis={"title": "test top-1 accuracy (%)"})  # fmt: skip
 
 
 def make_exit_share(point: dict[str, Any]) -> go.Figure:
@@ -198,7 +208,8 @@ def make_exit_share(point: dict[str, Any]) -> go.Figure:
     names = [f"exit {k + 1}" for k in range(len(share))]
     bars = go.Bar(x=names, y=[100 * s for s in share], marker_color=EXIT, text=[f"{100 * s:.0f}%" for s in share],
                   textposition="outside", cliponaxis=False, hovertemplate="%{x}: %{y:.1f}% of test images<extra></extra>")  # fmt: skip
-    return make_figure([bars], height=280, yaxis={"title": "% of test images", "range": [0, 110]})
+    return make_figure([bars], height=280, margin={"l": 76, "b": 40},
+                       yaxis={"title": "% of test images", "range": [0, 110]})  # fmt: skip
 
 
 def make_class_exit_heatmap(point: dict[str, Any], classes: Sequence[str]) -> go.Figure:
@@ -211,7 +222,7 @@ def make_class_exit_heatmap(point: dict[str, Any], classes: Sequence[str]) -> go
         text=np.round(100 * share).astype(int), texttemplate="%{text}", colorbar={"title": "%"},
         hovertemplate="%{y}: %{z:.1f}% leave at %{x}<extra></extra>",
     )  # fmt: skip
-    return make_figure([heat], height=360, yaxis={"autorange": "reversed"})
+    return make_figure([heat], height=360, margin=CLASS_HEATMAP, yaxis={"autorange": "reversed"})
 
 
 def block_label(i: int, per_stage: int) -> str:
@@ -273,7 +284,7 @@ def make_block_path(trace: Trace) -> go.Figure:
         xs_stage = [i for i, u in enumerate(units) if u.kind == "block" and int(u.name[5:]) // per_stage == stage]
         stages.append({"x": float(np.mean(xs_stage)), "y": 1.15, "text": f"<b>stage {stage + 1}</b>: {shape}",
                        "showarrow": False})  # fmt: skip
-    return make_figure(data, height=240, annotations=stages, xaxis={"visible": False, "range": [-0.7, len(units) - 0.3]},
+    return make_figure(data, height=240, margin={"r": 92}, annotations=stages, xaxis={"visible": False, "range": [-0.7, len(units) - 0.3]},
                    yaxis={"visible": False, "range": [-1.1, 1.35]})  # fmt: skip
 
 
@@ -284,7 +295,7 @@ def make_blocks_histogram(point: dict[str, Any]) -> go.Figure:
     bars = go.Bar(x=list(range(len(counts))), y=share, marker_color=RAN, text=[f"{s:.0f}%" for s in share],
                   textposition="outside", cliponaxis=False,
                   hovertemplate="%{x} blocks run: %{y:.1f}% of test images<extra></extra>")  # fmt: skip
-    return make_figure([bars], height=300, xaxis={"title": "gated blocks run", "dtick": 1},
+    return make_figure([bars], height=300, margin={"l": 76, "t": 24, "b": 70}, xaxis={"title": "gated blocks run", "dtick": 1},
                    yaxis={"title": "% of test images", "range": [0, max(share.max() * 1.2, 10)]})  # fmt: skip
 
 
@@ -297,7 +308,7 @@ def make_class_block_heatmap(point: dict[str, Any], classes: Sequence[str], per_
         text=np.round(rate).astype(int), texttemplate="%{text}", colorbar={"title": "% run"},
         hovertemplate="%{y}: block %{x} runs for %{z:.1f}%<extra></extra>",
     )  # fmt: skip
-    return make_figure([heat], height=360, yaxis={"autorange": "reversed"})
+    return make_figure([heat], height=360, margin=CLASS_HEATMAP, yaxis={"autorange": "reversed"})
 
 
 # --- transformer: tokens and experts ------------------------------------------------------------
@@ -322,8 +333,8 @@ def make_token_counts(traces: dict[str, Trace]) -> go.Figure:
                 hovertemplate="%{x}: %{y} tokens<extra>" + name + "</extra>",
             )
         )  # fmt: skip
-    return make_figure(data, height=300, showlegend=True, legend={"orientation": "h", "y": -0.2},
-                   yaxis={"title": "tokens into attention", "rangemode": "tozero"})  # fmt: skip
+    return make_figure(data, height=300, margin={"l": 70, "b": 86}, showlegend=True,
+                   legend={"orientation": "h", "y": -0.2}, yaxis={"title": "tokens into attention", "rangemode": "tozero"})  # fmt: skip
 
 
 def make_patch_heatmap(values: np.ndarray, *, title: str, label: str, zmax: float | None = None) -> go.Figure:
@@ -333,7 +344,7 @@ def make_patch_heatmap(values: np.ndarray, *, title: str, label: str, zmax: floa
         z=values, colorscale="Viridis", zmin=0, zmax=zmax, colorbar={"title": label, "thickness": 12},
         hovertemplate="patch row %{y}, column %{x}: %{z:.3f}<extra></extra>",
     )  # fmt: skip
-    return make_figure([heat], height=260, title=title, xaxis={"visible": False},
+    return make_figure([heat], height=260, title=title, margin={"r": 76}, xaxis={"visible": False},
                    yaxis={"autorange": "reversed", "visible": False, "scaleanchor": "x"})  # fmt: skip
 
 
@@ -352,7 +363,8 @@ def make_expert_load(record: dict[str, Any]) -> go.Figure:
     if record["capacity"] < record["tokens"]:
         lines.append(_hline(record["capacity"], {"color": FIRED, "dash": "dash"}, f"capacity {record['capacity']}",
                             top=True, left=True))  # fmt: skip
-    return make_figure(data, height=280, showlegend=True, barmode="overlay", legend={"orientation": "h", "y": -0.2},
+    return make_figure(data, height=280, margin={"l": 70, "r": 36, "t": 16, "b": 96}, showlegend=True, barmode="overlay",
+                   legend={"orientation": "h", "y": -0.2},
                    shapes=[s for s, _ in lines], annotations=[a for _, a in lines],
                    yaxis={"title": "tokens", "rangemode": "tozero"})  # fmt: skip
 
@@ -365,7 +377,8 @@ def make_expert_share(shares: Sequence[Sequence[float]], layers: Sequence[str]) 
         for layer, share in zip(layers, shares, strict=True)
     ]  # fmt: skip
     line, label = _hline(100 / len(shares[0]), {"color": STATIC, "dash": "dot"}, "balanced", top=True)
-    return make_figure(data, height=280, showlegend=True, legend={"orientation": "h", "y": -0.2}, shapes=[line],
+    return make_figure(data, height=280, margin={"l": 70, "b": 84}, showlegend=True,
+                   legend={"orientation": "h", "y": -0.2}, shapes=[line],
                    annotations=[label], yaxis={"title": "% of served choices", "rangemode": "tozero"})  # fmt: skip
 
 
@@ -383,7 +396,7 @@ def make_class_expert_heatmap(share: np.ndarray, classes: Sequence[str], layer: 
         zmax=max(float(z.max()), 1.0), text=np.round(z).astype(int), texttemplate="%{text}", colorbar={"title": "%"},
         hovertemplate="%{y}: %{z:.1f}% of choices go to %{x}<extra></extra>",
     )  # fmt: skip
-    return make_figure([heat], height=360, title=layer, yaxis={"autorange": "reversed"})
+    return make_figure([heat], height=360, title=layer, margin=CLASS_HEATMAP, yaxis={"autorange": "reversed"})
 
 
 def make_knob_sweep(
@@ -403,7 +416,7 @@ def make_knob_sweep(
                    mode="lines+markers", line={"color": EXIT}, hovertemplate="%{y:.2f}%<extra>test accuracy</extra>"),
     ]  # fmt: skip
     return make_figure(
-        data, height=300, showlegend=True, legend={"orientation": "h", "y": -0.3},
+        data, height=300, margin={"l": 76, "r": 96, "b": 100}, showlegend=True, legend={"orientation": "h", "y": -0.3},
         xaxis={"title": knob_label, "type": "category"}, yaxis={"title": bar_label, "rangemode": "tozero"},
         yaxis2={"title": "test accuracy (%)", "overlaying": "y", "side": "right", "showgrid": False},
     )  # fmt: skip
@@ -464,5 +477,6 @@ def make_block_density(point: dict[str, Any], per_stage: int) -> go.Figure:
         go.Bar(x=names, y=[100 * c for c in point["block_conv_share"]], name="conv FLOPs run", marker_color=EXIT,
                hovertemplate="block %{x}: %{y:.1f}% of its conv FLOPs<extra></extra>"),
     ]  # fmt: skip
-    return make_figure(data, height=320, showlegend=True, barmode="group", legend={"orientation": "h", "y": -0.3},
+    return make_figure(data, height=320, margin={"l": 76, "t": 20, "b": 104}, showlegend=True, barmode="group",
+                   legend={"orientation": "h", "y": -0.3},
                    xaxis={"title": "block (stage.block)"}, yaxis={"title": "% (test-set mean)", "range": [0, 100]})  # fmt: skip

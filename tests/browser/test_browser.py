@@ -70,6 +70,8 @@ def test_upload_move_threshold_see_compute_change(app_url, browser, photos, path
     after = wait_for_metric_change(page, "Compute", before)
     assert after != before and re.fullmatch(r"[\d.]+ MFLOPs", after)
     assert page.locator('[data-testid="stException"]').count() == 0
+    twice = charts_drawn_twice(page)
+    assert twice == [], f"charts whose labels needed more margin than they were given: {twice}"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{path}.png"), full_page=True)
     page.close()
@@ -101,6 +103,18 @@ def test_a_page_keeps_its_knobs_while_another_page_reruns_its_fragment(app_url, 
     threshold_text(page, f"threshold {moved}")  # not the default
     assert threshold_slider(page).input_value() == moved
     page.close()
+
+
+def charts_drawn_twice(page) -> list:
+    """The charts whose labels needed more room than their layout's margin: Plotly then grew
+    the margin and drew the chart a second time (components.figures.shared_layout). Returns
+    (height, margin given, margin drawn) of each."""
+    return page.evaluate(
+        """() => [...document.querySelectorAll('.js-plotly-plot')].filter(g => g._fullLayout).map(g => {
+            const m = g.layout.margin, s = g._fullLayout._size;
+            return [g.layout.height, [m.l, m.r, m.t, m.b], [s.l, s.r, s.t, s.b].map(Math.round)];
+        }).filter(([, given, drawn]) => given.some((v, i) => v !== drawn[i]))"""
+    )
 
 
 def threshold_text(page, text: str) -> None:
