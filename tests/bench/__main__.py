@@ -1,10 +1,12 @@
 """``make bench``: performance figures of the model pages, printed as JSON and written to
 ``artifacts/bench.json``. Benchmarks report numbers; the tests assert behaviour.
 
-- knob change, server side: one AppTest rerun after a slider move (median ms), on the
+- knob change, server side: one AppTest rerun of the whole script after a slider move (median
+  ms; AppTest cannot rerun a fragment alone, as the real server does), on the
   early-exit page (instant re-decision) and the block-skipping, tokens and experts pages (a
   forward pass each);
-- slider release to updated figure in Chromium (median ms);
+- slider release to updated figure in Chromium (median ms), and the real server's time for the
+  same reruns (rerun request to ``script_finished``, at the network layer);
 - cold start: ``streamlit run`` to the first rendered early-exit figure (s);
 - model latency per threshold at batch size 1 on test images, and the ratio to the static
   network at the operating point the issue names: early exits at <= 50 % of the FLOPs, block
@@ -16,6 +18,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -50,7 +53,12 @@ def server_side_threshold_ms(page: str, label: str, values: np.ndarray) -> dict:
 
 
 def browser_figures(moves: int = 15) -> dict:
-    """Cold start, then slider release (a key press) to the updated confidence figure."""
+    """Cold start, then slider release (a key press) to the updated confidence figure; and, per
+    move, the real server's time from the rerun request leaving the browser to its
+    ``script_finished`` message arriving, read at the network layer (Chrome DevTools Protocol
+    frame timestamps), so that it does not wait for the page's drawing."""
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
     start = time.perf_counter()
     with serve_app() as url, chromium_browser() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
@@ -59,12 +67,18 @@ def browser_figures(moves: int = 15) -> dict:
         wait_idle(page)
         cold = time.perf_counter() - start
         # the same server, a second page: what a user who reloads sees
+        frames: list[tuple[str, float]] = []
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        cdp.on("Network.webSocketFrameSent", lambda e: frames.append(("sent", e["timestamp"])))
+        cdp.on("Network.webSocketFrameReceived", lambda e: frames.append((message_type(ForwardMsg, e), e["timestamp"])))
         thumb = threshold_slider(page)
         thumb.focus()
-        times = []
+        times, server = [], []
         for _ in range(moves):
             value = float(thumb.input_value())
             target = f"threshold {value - 0.01:.2f}"
+            frames.clear()
             t0 = time.perf_counter()
             page.keyboard.press("ArrowLeft")
             page.wait_for_function(
@@ -73,7 +87,20 @@ def browser_figures(moves: int = 15) -> dict:
             )  # fmt: skip
             times.append((time.perf_counter() - t0) * 1e3)
             wait_idle(page)
-    return {"cold_start_s": cold, "slider_to_figure_median_ms": statistics.median(times), "moves": moves}
+            sent = next(t for kind, t in frames if kind == "sent")
+            finished = next(t for kind, t in frames if kind == "script_finished")
+            server.append((finished - sent) * 1e3)
+    return {"cold_start_s": cold, "slider_to_figure_median_ms": statistics.median(times),
+            "server_rerun_median_ms": statistics.median(server), "moves": moves}  # fmt: skip
+
+
+def message_type(forward_msg: type, event: dict) -> str:
+    """The kind of a Streamlit message the browser received (binary frames are ForwardMsgs)."""
+    if event["response"]["opcode"] != 2:
+        return "text"
+    msg = forward_msg()
+    msg.ParseFromString(base64.b64decode(event["response"]["payloadData"]))
+    return msg.WhichOneof("type") or ""
 
 
 def model_latency(name: str, settings: dict[str, dict], point: str, static: str, n: int = 500) -> dict:
