@@ -26,10 +26,19 @@ SHARE = 0.2  # the top share of attributed pixels the agreement numbers use
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def attribution_map(
-    name: str, key: str, knobs: tuple[tuple[str, Any], ...], method: str, static: bool, _x: torch.Tensor, _trace: Trace
-) -> np.ndarray:
-    """One method's ``(H, W)`` map of one run (or the static network), keyed by image and knobs."""
+    name: str, key: str, setting: tuple[tuple[str, Any], ...], method: str, static: bool, _x: torch.Tensor,
+    _trace: Trace,
+) -> np.ndarray:  # fmt: skip
+    """One method's ``(H, W)`` map of one run (or the static network), keyed by image and
+    :func:`map_setting`."""
     return attribute(load_model(name), _x, _trace, method, static=static)
+
+
+def map_setting(trace: Trace, static: bool) -> tuple[tuple[str, Any], ...]:
+    """What a map depends on besides the image and the method: the run's knobs; for the static
+    network only the class it explains (the run's prediction), so that a knob move recomputes
+    the run's maps but not the static network's."""
+    return (("explains", trace.prediction),) if static else tuple(sorted(trace.knobs.items()))
 
 
 def overlap(a: np.ndarray, b: np.ndarray) -> float:
@@ -66,14 +75,15 @@ def render_attribution_panel(
     )
     rows = rows_of(trace, model.full_flops)
     maps = {
-        (static, m): attribution_map(trace.model, picked.key, knobs, m, static, x, trace)
+        (static, m): attribution_map(trace.model, picked.key, map_setting(trace, static), m, static, x, trace)
         for static in rows
         for m in LIVE
     }
     if asked:
         bar = st.progress(0.0, text="Integrated gradients and occlusion...")
         for n, (static, method) in enumerate((s, m) for s in rows for m in SLOW):
-            maps[static, method] = attribution_map(trace.model, picked.key, knobs, method, static, x, trace)
+            setting = map_setting(trace, static)
+            maps[static, method] = attribution_map(trace.model, picked.key, setting, method, static, x, trace)
             bar.progress((n + 1) / (len(rows) * len(SLOW)), text=f"{METHODS[method]} done")
         bar.empty()
     masks = trace.extras.get("masks")

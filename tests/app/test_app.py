@@ -489,6 +489,25 @@ def test_pixels_page_masks_compute_and_attribution():
     assert not any(c.value.startswith("Overlap") for c in at.caption)  # a dense run has no second row
 
 
+def test_a_mask_threshold_move_recomputes_the_runs_maps_but_not_the_static_networks(monkeypatch):
+    """The static network's maps depend on the image and the class they explain, not on the
+    knobs: a move that keeps the prediction reuses them; the run's maps follow the move."""
+    import app.attribution
+
+    app.attribution.attribution_map.clear()  # other tests drew this page and image: their maps are cached
+    calls = []
+    real = app.attribution.attribute
+    monkeypatch.setattr(app.attribution, "attribute",
+                        lambda model, x, trace, method, static: calls.append(static) or real(model, x, trace, method, static=static))  # fmt: skip
+    at = open_page(PIXELS)
+    assert sorted(calls) == [False, False, True, True]  # Grad-CAM and saliency, run and static
+    prediction = metric(at, "Prediction")
+    calls.clear()
+    slider(at, "Mask threshold").set_value(0.95).run()
+    assert metric(at, "Prediction") == prediction
+    assert calls == [False, False]
+
+
 def test_attribution_panel_slow_methods_and_other_models():
     at = open_page(PIXELS)
     agreement = [c.value for c in at.caption if "by chance" in c.value]
