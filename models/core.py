@@ -214,18 +214,19 @@ class Card:
         return WEIGHTS_DIR / f"{self.name}.json"
 
     def provenance(self) -> str:
-        """How these weights were made, in one sentence from the card: where training started,
-        the data, epochs, device and time, and the measured test accuracy."""
+        """How these weights were made, from the card: where training started, epochs, device
+        and time; the data; the measured test accuracy. Three short sentences, as the card's
+        data string has punctuation of its own."""
         run = self.meta.get("training")
         if not run:
             return f"`assets/weights/{self.name}.json` records no training run for these weights."
         start = self.meta.get("initialised_from")
         begun = f"starting from `{start['weights']}`" if start else "from scratch"
         accuracy = self.meta.get("test_accuracy")
-        tested = "" if accuracy is None else f"; {100 * accuracy:.2f} % top-1 on the CIFAR-10 test split"
+        tested = "" if accuracy is None else f" Test accuracy: {100 * accuracy:.2f} % top-1 on the CIFAR-10 test split."
         return (
-            f"These weights: trained {begun} on {run['data']}, {run['epochs']} epochs on {run['device']} "
-            f"in {run['seconds']} s{tested} (`assets/weights/{self.name}.json`)."
+            f"These weights were trained {begun} for {run['epochs']} epochs on {run['device']} in {run['seconds']} s "
+            f"(`assets/weights/{self.name}.json`). Data: {run['data']}.{tested}"
         )
 
 

@@ -36,6 +36,7 @@ def test_each_page_says_how_its_weights_were_made_from_the_card(name):
     run = card.meta["training"]
     line = card.provenance()
     assert f"{run['epochs']} epochs on {run['device']}" in line and f"{100 * card.meta['test_accuracy']:.2f} %" in line
+    assert f"Data: {run['data']}." in line
     assert ("from scratch" in line) is (card.meta["initialised_from"] is None)
 
 
@@ -44,4 +45,4 @@ def test_a_card_without_a_training_run_says_so():
     assert "records no training run" in card.provenance()
     card.meta.update(training={"data": "D", "epochs": 3, "device": "cpu", "seconds": 9},
                      initialised_from={"weights": "w.safetensors"})  # fmt: skip
-    assert card.provenance().startswith("These weights: trained starting from `w.safetensors` on D, 3 epochs on cpu")
+    assert card.provenance().startswith("These weights were trained starting from `w.safetensors` for 3 epochs on cpu")
