@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from app.inputs import EXAMPLES, example_array
 from components.images import MAX_BYTES, MAX_PIXELS, WORK_SIDE, InputError, load_image, square_thumbnail, to_model_input
 from tests.conftest import encode
 
@@ -249,3 +250,11 @@ def test_model_input_shape_and_normalisation(rgb_image):
     assert x.shape == (1, 3, 32, 32) and x.dtype == torch.float32
     expected = (np.asarray(square_thumbnail(rgb_image, 32), np.float32) / 255 - 0.5) / 0.25
     np.testing.assert_allclose(x[0].permute(1, 2, 0).numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("loader", [loader for loader, _ in EXAMPLES.values()])
+def test_example_photos_are_scikit_images_own(loader):
+    """The sidebar reads scikit-image's bundled photos with Pillow, without importing it."""
+    import skimage.data
+
+    assert np.array_equal(example_array(loader), np.asarray(getattr(skimage.data, loader)()))
