@@ -350,22 +350,23 @@ def make_patch_heatmap(values: np.ndarray, *, title: str, label: str, zmax: floa
 
 def make_expert_load(record: dict[str, Any]) -> go.Figure:
     """One MoE layer on this image: tokens that chose each expert (demand), tokens it served
-    (load), and its capacity (the buffer size; the rest is dropped)."""
-    experts = [f"expert {e + 1}" for e in range(len(record["load"]))]
+    (load), and its capacity (the buffer size; the rest is dropped). The experts are numbered
+    under the axis title: in a narrow column "expert 1" ... labels turned and ran into each other."""
+    experts = [str(e + 1) for e in range(len(record["load"]))]
     colours = [f"rgb{group_colour(e)}" for e in range(len(experts))]  # the expert maps' colours
     data = [
         go.Bar(x=experts, y=record["demand"], name="chosen", marker_color=SKIPPED,
-               hovertemplate="%{x}: chosen by %{y} tokens<extra></extra>"),
+               hovertemplate="expert %{x}: chosen by %{y} tokens<extra></extra>"),
         go.Bar(x=experts, y=record["load"], name="served", marker_color=colours,
-               hovertemplate="%{x}: served %{y} tokens<extra></extra>"),
+               hovertemplate="expert %{x}: served %{y} tokens<extra></extra>"),
     ]  # fmt: skip
     lines = []
     if record["capacity"] < record["tokens"]:
         lines.append(_hline(record["capacity"], {"color": FIRED, "dash": "dash"}, f"capacity {record['capacity']}",
                             top=True, left=True))  # fmt: skip
-    return make_figure(data, height=280, margin={"l": 70, "r": 36, "t": 16, "b": 96}, showlegend=True, barmode="overlay",
-                   legend={"orientation": "h", "y": -0.2},
-                   shapes=[s for s, _ in lines], annotations=[a for _, a in lines],
+    return make_figure(data, height=280, margin={"l": 70, "t": 16, "b": 110}, showlegend=True, barmode="overlay",
+                   legend={"orientation": "h", "y": -0.3}, shapes=[s for s, _ in lines],
+                   annotations=[a for _, a in lines], xaxis={"title": "expert", "type": "category"},
                    yaxis={"title": "tokens", "rangemode": "tozero"})  # fmt: skip
 
 
