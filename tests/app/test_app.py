@@ -505,6 +505,7 @@ def test_a_mask_threshold_move_recomputes_the_runs_maps_but_not_the_static_netwo
     calls.clear()
     slider(at, "Mask threshold").set_value(0.95).run()
     assert metric(at, "Prediction") == prediction
+    assert any(c.value.startswith("Overlap") for c in at.caption)  # still a dynamic run beside the static one
     assert calls == [False, False]
 
 

@@ -107,10 +107,14 @@ def test_a_page_keeps_its_knobs_while_another_page_reruns_its_fragment(app_url, 
 
 def charts_drawn_twice(page) -> list:
     """The charts whose labels needed more room than their layout's margin: Plotly then grew
-    the margin and drew the chart a second time (components.figures.shared_layout). Returns
-    (height, margin given, margin drawn) of each."""
+    the margin and drew the chart a second time (components.figures.shared_layout). Waits until
+    every chart on the page has been drawn, so that none is left out. Returns (height, margin
+    given, margin drawn) of each."""
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.js-plotly-plot')].every(g => g._fullLayout)", timeout=60_000
+    )
     return page.evaluate(
-        """() => [...document.querySelectorAll('.js-plotly-plot')].filter(g => g._fullLayout).map(g => {
+        """() => [...document.querySelectorAll('.js-plotly-plot')].map(g => {
             const m = g.layout.margin, s = g._fullLayout._size;
             return [g.layout.height, [m.l, m.r, m.t, m.b], [s.l, s.r, s.t, s.b].map(Math.round)];
         }).filter(([, given, drawn]) => given.some((v, i) => v !== drawn[i]))"""
