@@ -462,9 +462,9 @@ def make_video_timeline(
     if decisions and all(float(d).is_integer() for d in decisions):  # exits, blocks, tokens: no ticks between counts
         fig.update_yaxes(tickformat="d", dtick=max(1, math.ceil((max(decisions) - min(decisions)) / 6)), row=2, col=1)
     fig.update_xaxes(title="time in the video (s)", row=3, col=1)
-    layout = shared_layout(height=580)
-    layout["margin"]["t"] = 36  # room for the first subplot's title
-    return fig.update_layout(**layout)
+    # room for the first subplot's title, a class name per row of the predictions ("automobile")
+    # and the time axis with its title
+    return fig.update_layout(**shared_layout(height=580, margin={"l": 90, "t": 36, "b": 70}))
 
 
 def make_block_density(point: dict[str, Any], per_stage: int) -> go.Figure:

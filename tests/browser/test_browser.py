@@ -145,6 +145,8 @@ def test_compare_match_a_budget_and_export(app_url, browser):
         page.get_by_role("button", name="Download the comparison (PNG)").click()
     assert download.value.suggested_filename == "dynn-comparison.png"
     assert page.locator('[data-testid="stException"]').count() == 0
+    twice = charts_drawn_twice(page)
+    assert twice == [], f"charts whose labels needed more margin than they were given: {twice}"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
     page.close()
@@ -166,6 +168,8 @@ def test_video_upload_shows_timelines_and_the_scrubbed_frame(app_url, browser, t
     assert int(runs) < 6
     page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=60_000)  # the timelines, redrawn
     assert page.locator('[data-testid="stException"]').count() == 0
+    twice = charts_drawn_twice(page)
+    assert twice == [], f"charts whose labels needed more margin than they were given: {twice}"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "video.png"), full_page=True)
     page.close()
