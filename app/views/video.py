@@ -107,9 +107,13 @@ def render_frame(video: Video, results: list[FrameResult], index: int, name: str
     classes = model.card.classes
     frame, result = video.frames[index], results[index]
     trace = result.trace
-    left, middle, right = st.columns([1, 1.2, 1.6], gap="large")
-    left.image(frame.image, caption=f"frame at {frame.time_s:.2f} s", width="stretch")
     image = square_thumbnail(frame.image, MAP_SIDE)
+    picture = mechanism_picture(trace, image, classes)
+    # a map sits beside the frame; a network diagram (exit strip, block path) needs the page's
+    # width, and in a third of it its units ran into each other
+    drawn = isinstance(picture, Image.Image)
+    left, middle, *right = st.columns([1, 1.2, 1.6] if drawn else [1, 2.8], gap="large")
+    left.image(frame.image, caption=f"frame at {frame.time_s:.2f} s", width="stretch")
     with middle:
         status = "reused the last computed frame's result" if result.reused else "model ran"
         change = "" if result.change is None else f", change {result.change:.3f}"
@@ -119,12 +123,10 @@ def render_frame(video: Video, results: list[FrameResult], index: int, name: str
             "Compute", f"{result.flops / 1e6:.1f} MFLOPs", f"{status}{change}", delta_color="off", delta_arrow="off"
         )
         st.caption(decision_of(trace).text)
-    with right:
-        picture = mechanism_picture(trace, image, classes)
-        if isinstance(picture, Image.Image):
-            st.image(picture, width=MAP_SIDE, caption=f"{model.title}: what it computed")
-        else:
-            st.plotly_chart(picture, key="video_picture")
+    if drawn:
+        right[0].image(picture, width=MAP_SIDE, caption=f"{model.title}: what it computed")
+    else:
+        st.plotly_chart(picture, key="video_picture")
 
 
 def render_video() -> None:
