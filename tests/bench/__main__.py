@@ -75,15 +75,12 @@ def slider_moves(page, moves: int) -> dict:
     """Slider release (a key press) to the updated confidence figure; and the real server's time
     from the rerun request leaving the browser to its ``script_finished`` message arriving, read
     at the network layer (Chrome DevTools Protocol frame timestamps), so that it does not wait
-    for the page's drawing. Decoding the frames costs this process some CPU on the shared cores
-    during the moves; stops before 15 measured slider-to-figure without it."""
-    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
-
-    frames: list[tuple[str, float]] = []
+    for the page's drawing. The frames are only kept during a move and decoded after its timing."""
+    frames: list[tuple[str, dict]] = []
     cdp = page.context.new_cdp_session(page)
     cdp.send("Network.enable")
-    cdp.on("Network.webSocketFrameSent", lambda e: frames.append(("sent", e["timestamp"])))
-    cdp.on("Network.webSocketFrameReceived", lambda e: frames.append((message_type(ForwardMsg, e), e["timestamp"])))
+    cdp.on("Network.webSocketFrameSent", lambda e: frames.append(("sent", e)))
+    cdp.on("Network.webSocketFrameReceived", lambda e: frames.append(("received", e)))
     thumb = threshold_slider(page)
     thumb.focus()
     times, server = [], []
@@ -99,8 +96,9 @@ def slider_moves(page, moves: int) -> dict:
         )  # fmt: skip
         times.append((time.perf_counter() - t0) * 1e3)
         wait_idle(page)
-        sent = next((t for kind, t in frames if kind == "sent"), None)
-        finished = next((t for kind, t in frames if kind == "script_finished"), None)
+        sent = next((e["timestamp"] for way, e in frames if way == "sent"), None)
+        finished = next((e["timestamp"] for way, e in frames if way == "received" and message_type(e) == "script_finished"),
+                        None)  # fmt: skip
         if sent is not None and finished is not None:  # a frame DevTools did not report: no sample
             server.append((finished - sent) * 1e3)
     return {"slider_to_figure_median_ms": statistics.median(times),
@@ -108,11 +106,13 @@ def slider_moves(page, moves: int) -> dict:
             "moves": moves}  # fmt: skip
 
 
-def message_type(forward_msg: type, event: dict) -> str:
+def message_type(event: dict) -> str:
     """The kind of a Streamlit message the browser received (binary frames are ForwardMsgs)."""
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
     if event["response"]["opcode"] != 2:
         return "text"
-    msg = forward_msg()
+    msg = ForwardMsg()
     msg.ParseFromString(base64.b64decode(event["response"]["payloadData"]))
     return msg.WhichOneof("type") or ""
 
