@@ -70,8 +70,7 @@ def test_upload_move_threshold_see_compute_change(app_url, browser, photos, path
     after = wait_for_metric_change(page, "Compute", before)
     assert after != before and re.fullmatch(r"[\d.]+ MFLOPs", after)
     assert page.locator('[data-testid="stException"]').count() == 0
-    twice = charts_drawn_twice(page)
-    assert twice == [], f"charts whose labels needed more margin than they were given: {twice}"
+    assert_no_chart_drawn_twice(page)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{path}.png"), full_page=True)
     page.close()
@@ -105,20 +104,21 @@ def test_a_page_keeps_its_knobs_while_another_page_reruns_its_fragment(app_url, 
     page.close()
 
 
-def charts_drawn_twice(page) -> list:
-    """The charts whose labels needed more room than their layout's margin: Plotly then grew
-    the margin and drew the chart a second time (components.figures.shared_layout). Waits until
-    every chart on the page has been drawn, so that none is left out. Returns (height, margin
-    given, margin drawn) of each."""
+def assert_no_chart_drawn_twice(page) -> None:
+    """No chart's labels needed more room than its layout's margin (Plotly would then grow the
+    margin and draw the chart a second time: components.figures.shared_layout). Waits until
+    every chart on the page has been drawn, so that none is left out; a failure lists (height,
+    margin given, margin drawn) of each."""
     page.wait_for_function(
         "() => [...document.querySelectorAll('.js-plotly-plot')].every(g => g._fullLayout)", timeout=60_000
     )
-    return page.evaluate(
+    twice = page.evaluate(
         """() => [...document.querySelectorAll('.js-plotly-plot')].map(g => {
             const m = g.layout.margin, s = g._fullLayout._size;
             return [g.layout.height, [m.l, m.r, m.t, m.b], [s.l, s.r, s.t, s.b].map(Math.round)];
         }).filter(([, given, drawn]) => given.some((v, i) => v !== drawn[i]))"""
     )
+    assert twice == [], f"charts whose labels needed more margin than they were given: {twice}"
 
 
 def threshold_text(page, text: str) -> None:
@@ -145,8 +145,7 @@ def test_compare_match_a_budget_and_export(app_url, browser):
         page.get_by_role("button", name="Download the comparison (PNG)").click()
     assert download.value.suggested_filename == "dynn-comparison.png"
     assert page.locator('[data-testid="stException"]').count() == 0
-    twice = charts_drawn_twice(page)
-    assert twice == [], f"charts whose labels needed more margin than they were given: {twice}"
+    assert_no_chart_drawn_twice(page)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
     page.close()
@@ -168,8 +167,7 @@ def test_video_upload_shows_timelines_and_the_scrubbed_frame(app_url, browser, t
     assert int(runs) < 6
     page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=60_000)  # the timelines, redrawn
     assert page.locator('[data-testid="stException"]').count() == 0
-    twice = charts_drawn_twice(page)
-    assert twice == [], f"charts whose labels needed more margin than they were given: {twice}"
+    assert_no_chart_drawn_twice(page)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "video.png"), full_page=True)
     page.close()
