@@ -88,6 +88,18 @@ class Timing:
         )
 
 
+def render_small_table(rows: Sequence[dict[str, Any]]) -> None:
+    """A handful of short rows as a Markdown table. ``st.dataframe`` brings pandas and Arrow into
+    the first run (0.3-0.7 s of imports, on the early-exit page's cold start) and a data grid
+    for the browser to mount, and builds a DataFrame on every rerun; a table of a few rows needs
+    none of it. Cells are shown as text; a ``|`` in one is escaped."""
+    if not rows:
+        return
+    head = list(rows[0])
+    cells = [head, ["---"] * len(head), *([str(row[h]).replace("|", "\\|") for h in head] for row in rows)]
+    st.markdown("\n".join("| " + " | ".join(line) + " |" for line in cells))
+
+
 def render_cost_metrics(trace: Trace, *, timing: Timing | None) -> None:
     """MFLOPs used (and % of the static network) and measured batch-1 latency."""
     a, b = st.columns(2)

@@ -28,7 +28,7 @@ from components.figures import (
     make_exit_share,
     make_exit_strip,
 )
-from components.render import Timing, render_cost_metrics, render_knobs
+from components.render import Timing, render_cost_metrics, render_knobs, render_small_table
 from models.core import Trace
 from models.early_exit import CRITERION_LABELS, exits_enabled
 
@@ -153,7 +153,7 @@ def render_exit_run(picked: Any, x: torch.Tensor) -> None:
             }
             for k, top in enumerate(exit_topk(np.asarray(record.extras["exit_probs"]), classes))
         ]
-        st.dataframe(rows, hide_index=True, width="stretch")
+        render_small_table(rows)
 
     table = checked_table(MODEL)
     if table is not None:

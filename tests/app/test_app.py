@@ -68,6 +68,16 @@ def test_early_exits_page_renders_for_the_default_example():
     assert not at.error
 
 
+def test_the_top_classes_table_has_a_row_per_exit_and_marks_the_one_that_fired():
+    at = open_page(EARLY_EXITS)
+    table = next(m.value for m in at.markdown if m.value.startswith("| exit | top 1 | top 2 | top 3 |"))
+    rows = [line.strip("| ").split(" | ") for line in table.splitlines()[2:]]
+    fired, exits = (int(n) for n in metric(at, "Exit").split(" of "))
+    assert len(rows) == exits
+    assert [row[0] for row in rows if row[0].endswith("(fired)")] == [f"exit {fired} (fired)"]
+    assert rows[fired - 1][1].split()[0] == metric(at, "Prediction")  # the fired exit's top class
+
+
 def test_moving_the_threshold_changes_the_compute_figure():
     at = open_page(EARLY_EXITS)
     slider(at, "Confidence threshold").set_value(0.0).run()
