@@ -35,10 +35,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_app(timeout: float = 60) -> Iterator[str]:
-    """``streamlit run app/main.py`` headless on 127.0.0.1; yields its URL once healthy."""
+def serve_app(timeout: float = 60, *, run: tuple[str, ...] = ("-m", "streamlit", "run")) -> Iterator[str]:
+    """``streamlit run app/main.py`` headless on 127.0.0.1; yields its URL once healthy. ``run``:
+    the Python arguments before the script's path (the benchmark's ``tests.bench.nodelay``)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"), "--server.headless", "true",
+    cmd = [sys.executable, *run, str(ROOT / "app" / "main.py"), "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

@@ -1,10 +1,9 @@
 """``make bench``: performance figures of the model pages, printed as JSON and written to
 ``artifacts/bench.json``. Benchmarks report numbers; the tests assert behaviour.
 
-- knob change, server side: one AppTest rerun of the whole script after a slider move (median
-  ms; AppTest cannot rerun a fragment alone, as the real server does), on the
-  early-exit page (instant re-decision) and the block-skipping, tokens and experts pages (a
-  forward pass each);
+- knob change, server side: the real server's rerun of the page's knob fragment after a slider
+  move, from a headless websocket session (median ms), on the early-exit page (instant
+  re-decision) and the block-skipping, tokens, experts and pixels pages (a forward pass each);
 - slider release to updated figure in Chromium (median ms), and the real server's time for the
   same reruns (rerun request to ``script_finished``, at the network layer);
 - cold start: ``streamlit run`` to the first rendered early-exit figure (s);
@@ -32,24 +31,25 @@ import torch
 import models
 from models.core import EVAL_DIR
 from models.data import load_split, resolve_source, to_tensor
+from tests.bench.session import find_slider, headless_session
 from tests.support import ROOT, chromium_browser, serve_app, threshold_slider, wait_idle
 
 OUT = ROOT / "artifacts" / "bench.json"
 
 
-def server_side_threshold_ms(page: str, label: str, values: np.ndarray) -> dict:
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=120).run()
-    at.switch_page(page).run()
-    slider = next(s for s in at.slider if s.label == label)
-    times = []
-    for value in values:
-        start = time.perf_counter()
-        slider.set_value(float(value)).run()
-        times.append((time.perf_counter() - start) * 1e3)
-        slider = next(s for s in at.slider if s.label == label)
-    return {"median_ms": statistics.median(times), "max_ms": max(times), "moves": len(values)}
+def server_side_knob_changes(moves: dict[str, tuple[str, np.ndarray]]) -> dict[str, dict]:
+    """Knob change, server side: the real server rerunning a page's knob fragment, timed by a
+    headless session (:mod:`tests.bench.session`) from the rerun request to ``script_finished``,
+    per page (URL path) with its slider's label and the values it is set to in turn. The first
+    move on each page is left out: it can be the first forward pass at a new path, where the
+    page measures that path's latency once (six runs)."""
+    results = {}
+    with serve_app(run=("-m", "tests.bench.nodelay")) as url, headless_session(url) as session:
+        for page, (label, values) in moves.items():
+            slider = find_slider(session.open(page), label)
+            times = [session.move_slider(slider, value)[0] for value in values][1:]
+            results[page] = {"median_ms": statistics.median(times), "max_ms": max(times), "moves": len(times)}
+    return results
 
 
 def browser_figures(moves: int = 15) -> dict:
@@ -262,20 +262,14 @@ def main() -> None:
         "pixel_latency": pixel_latency(),
         "video_pipeline": video_pipeline(),
         "video_spread": video_spread(),
-        "server_side_threshold_change": server_side_threshold_ms(
-            "views/early_exits.py", "Confidence threshold", np.round(np.linspace(0.5, 0.99, 20), 2)
-        ),
-        "server_side_gate_threshold_change": server_side_threshold_ms(
-            "views/block_skip.py", "Gate threshold", np.round(np.linspace(0.05, 1.0, 20), 2)
-        ),
-        "server_side_keep_ratio_change": server_side_threshold_ms(
-            "views/tokens.py", "Keep ratio (prune)", np.round(np.linspace(0.3, 1.0, 15), 2)
-        ),
-        "server_side_top_k_change": server_side_threshold_ms(
-            "views/experts.py", "Experts per token (k)", np.array([1, 2, 3, 4, 3, 2, 1, 2])
-        ),
-        "server_side_mask_threshold_change": server_side_threshold_ms(
-            "views/pixels.py", "Mask threshold", np.round(np.linspace(0.05, 1.0, 20), 2)
+        "server_side_knob_change": server_side_knob_changes(
+            {
+                "early_exits": ("Confidence threshold", np.round(np.linspace(0.5, 0.99, 21), 2)),
+                "block_skip": ("Gate threshold", np.round(np.linspace(0.05, 1.0, 21), 2)),
+                "tokens": ("Keep ratio (prune)", np.round(np.linspace(0.3, 1.0, 16), 2)),
+                "experts": ("Experts per token (k)", np.array([1, 2, 3, 4, 3, 2, 1, 2, 3])),
+                "pixels": ("Mask threshold", np.round(np.linspace(0.05, 1.0, 21), 2)),
+            }
         ),
         "browser": browser_figures(),
     }

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from models.early_exit import EarlyExitResNet
+from tests.bench.session import element_type, find_slider, headless_session
 from tests.support import ROOT, chromium_browser, make_video, metric_value, serve_app, threshold_slider, wait_idle
 
 pytestmark = pytest.mark.browser
@@ -171,3 +172,16 @@ def test_video_upload_shows_timelines_and_the_scrubbed_frame(app_url, browser, t
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "video.png"), full_page=True)
     page.close()
+
+
+def test_the_benchmarks_headless_session_reruns_only_the_knob_fragment(app_url):
+    """``make bench`` times the server's knob changes with a headless websocket session
+    (tests/bench/session.py): it must go on speaking the protocol this Streamlit speaks, and
+    what it times must be the fragment's rerun with the new value, not a whole run."""
+    with headless_session(app_url) as session:
+        slider = find_slider(session.open("early_exits"), "Confidence threshold")
+        _, answer = session.move_slider(slider, 0.5)
+    deltas = [m for m in answer if m.WhichOneof("type") == "delta"]
+    assert deltas and {m.delta.fragment_id for m in deltas} == {slider[1]}
+    specs = [m.delta.new_element.plotly_chart.spec for m in deltas if element_type(m) == "plotly_chart"]
+    assert any("threshold 0.50" in spec for spec in specs)
