@@ -24,6 +24,14 @@ def model_input(name: str, key: str, _image: Image.Image) -> torch.Tensor:
     return to_model_input(_image, size=model.input_size, mean=model.mean, std=model.std)
 
 
+@st.cache_resource(max_entries=32, show_spinner=False)
+def thumbnail(key: str, size: int, _image: Image.Image) -> Image.Image:
+    """``square_thumbnail`` of one input (keyed by its content hash), once per size: from a
+    12-megapixel upload it took 80-90 ms, and the pages asked for it on every knob move. One
+    image shared read-only by every page and session."""
+    return square_thumbnail(_image, size)
+
+
 @st.cache_data(max_entries=256, show_spinner=False)
 def path_latency(name: str, key: str, path: Hashable, _x: torch.Tensor, _knobs: dict[str, Any]) -> tuple[Trace, Timing]:
     """The real batch-1 trace, and its latency and the static network's latency on the same
@@ -58,7 +66,7 @@ def nearest_point(points: list[dict[str, Any]], value: float) -> dict[str, Any]:
 
 
 def render_seen_image(picked: InputImage, size: int) -> None:
-    seen = square_thumbnail(picked.image, size).resize((160, 160), Image.Resampling.NEAREST)
+    seen = thumbnail(picked.key, size, picked.image).resize((160, 160), Image.Resampling.NEAREST)
     st.image(seen, caption=f"What the model sees ({size}x{size}, enlarged)")
 
 

@@ -11,12 +11,11 @@ import streamlit as st
 from PIL import Image
 
 from app import state
-from app.common import LATENCY_REPEATS, model_input, path_latency, render_page_header
+from app.common import LATENCY_REPEATS, model_input, path_latency, render_page_header, thumbnail
 from app.inputs import InputImage
 from app.models_cache import eval_table, load_model, table_matches_weights
 from components.export import Panel, make_comparison_png
 from components.figures import make_accuracy_curve
-from components.images import square_thumbnail
 from components.pictures import decision_of, mechanism_picture
 from components.render import NOISY_SPREAD, Timing, current_index, current_value, render_knobs
 from models import available, model_class
@@ -281,7 +280,7 @@ def render_compare() -> None:
         configs.append(run_config(i, name, knobs, picked))
         with col:
             render_config(configs[-1], picked)
-    pictures = render_pictures(configs, square_thumbnail(picked.image, MAP_SIDE))
+    pictures = render_pictures(configs, thumbnail(picked.key, MAP_SIDE, picked.image))
     render_curves(configs)
     render_exports(configs, pictures, picked)
 

@@ -17,6 +17,7 @@ from app.common import (
     render_prediction,
     render_seen_image,
     render_table_header,
+    thumbnail,
 )
 from app.inputs import InputImage
 from app.models_cache import load_model
@@ -28,7 +29,6 @@ from components.figures import (
     make_patch_heatmap,
     vit_block_label,
 )
-from components.images import square_thumbnail
 from components.overlays import make_expert_map
 from components.render import Timing, render_cost_metrics, render_knobs
 from models.core import Trace
@@ -63,7 +63,7 @@ def layer_names(trace: Trace) -> list[str]:
 
 def render_layer(record: dict[str, Any], picked: InputImage, name: str) -> None:
     """One MoE layer on this image: a map per choice rank, router confidence, expert load."""
-    image = square_thumbnail(picked.image, MAP_SIDE)
+    image = thumbnail(picked.key, MAP_SIDE, picked.image)
     k = record["experts"].shape[0]
     dropped = (
         f"; {record['dropped_choices']} of {record['choices']} expert choices dropped, "

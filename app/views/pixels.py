@@ -21,11 +21,11 @@ from app.common import (
     render_prediction,
     render_seen_image,
     render_table_header,
+    thumbnail,
 )
 from app.inputs import InputImage
 from app.models_cache import load_model
 from components.figures import block_label, make_accuracy_curve, make_block_density
-from components.images import square_thumbnail
 from components.overlays import make_mask_overlay
 from components.pictures import make_compute_map
 from components.render import Timing, current_index, render_cost_metrics
@@ -164,7 +164,7 @@ def render_masked_run(picked: InputImage, x: torch.Tensor) -> None:
         )
         if trace.prediction != static.prediction:
             st.caption(f"Computing every position, the network would say **{classes[static.prediction]}**.")
-    image = square_thumbnail(picked.image, MAP_SIDE)
+    image = thumbnail(picked.key, MAP_SIDE, picked.image)
     st.subheader("Masks per block")
     render_masks(trace, image)
     st.caption("Dark: positions the block did not compute (its input passed on unchanged).")

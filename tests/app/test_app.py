@@ -519,6 +519,30 @@ def test_a_mask_threshold_move_recomputes_the_runs_maps_but_not_the_static_netwo
     assert calls == [False, False]
 
 
+@pytest.mark.parametrize(
+    ("page", "knob", "value"), [(PIXELS, "Mask threshold", 0.95), (TOKENS, "Keep ratio (prune)", 0.5)]
+)
+def test_a_knob_move_does_not_resize_a_large_upload_again(page, knob, value, monkeypatch):
+    """The pictures over the image and the enlarged model input start from thumbnails of the
+    upload, made once per image: a 12-megapixel photo took 80-90 ms to resize, per thumbnail."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    import app.common
+
+    photo = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1500, 2000, 3), dtype=np.uint8)).save(photo, "JPEG")
+    at = upload(open_page(page), "large.jpg", photo.getvalue(), "image/jpeg")
+    resized = []
+    real = app.common.square_thumbnail
+    monkeypatch.setattr(app.common, "square_thumbnail", lambda image, size: resized.append(size) or real(image, size))
+    slider(at, knob).set_value(value).run()
+    assert not at.exception and metric(at, "Compute")
+    assert resized == []
+
+
 def test_attribution_panel_slow_methods_and_other_models():
     at = open_page(PIXELS)
     agreement = [c.value for c in at.caption if "by chance" in c.value]
