@@ -63,7 +63,7 @@ KEPT_KEYS = (TEST_INDEX, EXAMPLE, ATTRIBUTION_MODEL)
 NOT_KEPT = (COMPARE_BUDGET, COMPARE_MATCHED, VIDEO_UPLOAD, VIDEO_FRAME, VIDEO_DECODED, VIDEO_RESULTS)
 
 
-def keep_settings(also: tuple[str, ...] = KEPT_KEYS) -> None:
+def keep_settings(also: tuple[str, ...] = KEPT_KEYS, skip: tuple[str, ...] = ()) -> None:
     """Keep the model pages' knobs while the user visits other pages. Streamlit forgets a
     widget's value when a run does not draw the widget; assigning the value to its key again,
     as Streamlit's documentation advises, keeps it for the user's return. Only keys whose
@@ -73,19 +73,25 @@ def keep_settings(also: tuple[str, ...] = KEPT_KEYS) -> None:
     fragment (:func:`knob_fragment`): a fragment's rerun drops the other widgets' values too.
     ``also``: single keys kept besides the prefixes; a fragment passes none, as their widgets
     (the sidebar's, the attribution model's) were drawn earlier in the same run, where their
-    values may no longer be assigned, and a fragment's rerun does not touch widgets outside it."""
+    values may no longer be assigned, and a fragment's rerun does not touch widgets outside it.
+    ``skip``: prefixes of the same kind, a page's own settings drawn before its fragment."""
     for key in list(st.session_state):
-        if isinstance(key, str) and (key.startswith(KEPT) or key in also) and key not in NOT_KEPT:
+        if not isinstance(key, str) or key in NOT_KEPT or (skip and key.startswith(skip)):
+            continue
+        if key.startswith(KEPT) or key in also:
             st.session_state[key] = st.session_state[key]
 
 
-def knob_fragment(run: Callable[P, None]) -> Callable[P, None]:
+def knob_fragment(run: Callable[P, None], *, drawn_before: tuple[str, ...] = ()) -> Callable[P, None]:
     """``st.fragment`` for a page's knobs and what they change (it reruns alone when they
-    move), keeping the other pages' knobs (:func:`keep_settings`) through its reruns."""
+    move), keeping the other pages' knobs (:func:`keep_settings`) through its reruns.
+    ``drawn_before``: key prefixes of the page's settings drawn above the fragment (the
+    Video page's, around its scrubber), which Streamlit keeps through the fragment's reruns
+    and which may not be assigned again in the run that drew them."""
 
     @functools.wraps(run)
     def kept(*args: P.args, **kwargs: P.kwargs) -> None:
-        keep_settings(also=())
+        keep_settings(also=(), skip=drawn_before)
         run(*args, **kwargs)
 
     return st.fragment(kept)

@@ -3,6 +3,7 @@ knob that reuses the last result while the picture barely changes (temporal redu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any
 
@@ -21,6 +22,7 @@ from components.video import EXTENSIONS, FrameResult, Video, VideoError, read_fr
 from models import available, model_class
 
 MAP_SIDE = 192
+VIDEO_SETTINGS = "video:"  # the prefix of the settings drawn above the scrubber (app.state)
 SAMPLING = ("from the start", "across the whole video")
 SAMPLING_HELP = (
     "From the start: frames at a fixed rate until the maximum is reached. Across the whole video: the maximum number "
@@ -129,6 +131,25 @@ def render_frame(video: Video, results: list[FrameResult], index: int, name: str
         st.plotly_chart(picture, key="video_picture")
 
 
+@functools.partial(state.knob_fragment, drawn_before=(VIDEO_SETTINGS,))
+def render_scrubbed(video: Video, results: list[FrameResult], name: str) -> None:
+    """The frame scrubber, the timelines with the scrubbed frame marked, and that frame: a
+    scrub reruns only this, not the upload's hashing, the settings and the summary above."""
+    index = st.slider("Frame", 0, len(results) - 1, 0, key=state.VIDEO_FRAME) if len(results) > 1 else 0
+    classes = load_model(name).card.classes
+    decisions = [decision_of(r.trace) for r in results]
+    st.plotly_chart(
+        make_video_timeline(
+            [f.time_s for f in video.frames], [r.trace.mflops for r in results], [r.reused for r in results],
+            [d.value for d in decisions], decisions[0].label, [classes[r.trace.prediction] for r in results],
+            [r.trace.confidence for r in results], current=index,
+        ),
+        key="video_timeline",
+    )  # fmt: skip
+    st.caption("Grey bars and crosses: frames that reused the last computed result and spent no network FLOPs.")
+    render_frame(video, results, index, name)
+
+
 def render_video() -> None:
     st.title("Video")
     st.caption("Any model, frame by frame: what it decided over time, and the compute a video's redundancy can save.")
@@ -182,19 +203,7 @@ def render_video() -> None:
                           key=state.VIDEO_REUSE, help=REUSE_HELP, format="%.3f")  # fmt: skip
     results = frame_results(video, st.session_state[state.VIDEO_DECODED][0], name, knobs, reuse)
     render_summary(video, results, name)
-    index = st.slider("Frame", 0, len(results) - 1, 0, key=state.VIDEO_FRAME) if len(results) > 1 else 0
-    classes = model.card.classes
-    decisions = [decision_of(r.trace) for r in results]
-    st.plotly_chart(
-        make_video_timeline(
-            [f.time_s for f in video.frames], [r.trace.mflops for r in results], [r.reused for r in results],
-            [d.value for d in decisions], decisions[0].label, [classes[r.trace.prediction] for r in results],
-            [r.trace.confidence for r in results], current=index,
-        ),
-        key="video_timeline",
-    )  # fmt: skip
-    st.caption("Grey bars and crosses: frames that reused the last computed result and spent no network FLOPs.")
-    render_frame(video, results, index, name)
+    render_scrubbed(video, results, name)
 
 
 render_video()

@@ -162,10 +162,23 @@ def test_video_upload_shows_timelines_and_the_scrubbed_frame(app_url, browser, t
     page.locator('[data-testid="stMetric"]').filter(has_text="Frames sampled").wait_for(timeout=60_000)
     wait_idle(page)
     assert metric_value(page, "Frames sampled") == "6" and metric_value(page, "Model runs") == "6"
+    threshold_slider(page, "Frames per second to sample").focus()
+    page.keyboard.press("End")  # 10 per second: every frame of the clip
+    page.locator('[data-testid="stMetric"]').filter(has_text="Frames sampled").get_by_text("30", exact=True).wait_for(
+        timeout=60_000
+    )
+    wait_idle(page)
+    # scrubbing reruns only the scrubber's fragment; the settings above it must outlive that
+    page.locator('[data-testid="stSlider"]').filter(has=page.get_by_text("Frame", exact=True)).get_by_role(
+        "slider"
+    ).focus()
+    page.keyboard.press("End")
+    page.get_by_text("frame at 2.90 s").wait_for(timeout=60_000)
+    wait_idle(page)
     threshold_slider(page, "Reuse below this change").focus()
     page.keyboard.press("End")
-    runs = wait_for_metric_change(page, "Model runs", "6")
-    assert int(runs) < 6
+    runs = wait_for_metric_change(page, "Model runs", "30")
+    assert int(runs) < 30 and metric_value(page, "Frames sampled") == "30"
     page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=60_000)  # the timelines, redrawn
     assert page.locator('[data-testid="stException"]').count() == 0
     assert_no_chart_drawn_twice(page)
