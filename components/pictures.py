@@ -87,4 +87,5 @@ def make_unit_flops(trace: Trace) -> go.Figure:
         go.Bar(x=names, y=[u.full_flops / 1e6 for u in trace.units], name="static", marker_color=SKIPPED),
         go.Bar(x=names, y=[u.flops / 1e6 for u in trace.units], name="executed", marker_color=RAN),
     ]
-    return make_figure(data, height=240, barmode="overlay", showlegend=True, yaxis={"title": "MFLOPs"})
+    return make_figure(data, height=280, margin={"l": 70, "t": 16, "b": 110}, showlegend=True, barmode="overlay",
+                       legend={"orientation": "h", "y": -0.45}, yaxis={"title": "MFLOPs"})  # fmt: skip
