@@ -149,7 +149,7 @@ def render_exit_run(picked: Any, x: torch.Tensor) -> None:
         rows = [
             {
                 "exit": f"exit {k + 1}" + (" (fired)" if k == fired else ""),
-                **{f"top {i + 1}": f"{c} {p:.0%}" for i, (c, p) in enumerate(top)},
+                **{f"top {i + 1}": f"{c}\u00a0{p:.0%}" for i, (c, p) in enumerate(top)},  # one line a cell
             }
             for k, top in enumerate(exit_topk(np.asarray(record.extras["exit_probs"]), classes))
         ]
