@@ -321,20 +321,40 @@ def vit_block_label(i: int) -> str:
 
 def make_token_counts(traces: dict[str, Trace]) -> go.Figure:
     """Tokens (class token included) each block's attention ran on, one line per trace (the
-    static network keeps every token in every block)."""
+    static network keeps every token in every block). Where lines share a count, it is written
+    once; the lowest count of a block sits under its marker, the others above theirs."""
     data = []
     colours = (STATIC, RAN, EXIT, FIRED)
-    for (name, trace), colour in zip(traces.items(), colours, strict=False):
-        counts = trace.extras["tokens_attn"]
+    counts = [trace.extras["tokens_attn"] for trace in traces.values()]
+    labels = token_count_labels(counts)
+    for (name, _), colour, row, (text, where) in zip(traces.items(), colours, counts, labels, strict=False):
         data.append(
             go.Scatter(
-                x=[vit_block_label(i) for i in range(len(counts))], y=counts, mode="lines+markers+text", name=name,
-                text=counts, textposition="top center", line={"color": colour},
+                x=[vit_block_label(i) for i in range(len(row))], y=row, mode="lines+markers+text", name=name,
+                text=text, textposition=where, line={"color": colour},
                 hovertemplate="%{x}: %{y} tokens<extra>" + name + "</extra>",
             )
         )  # fmt: skip
-    return make_figure(data, height=300, margin={"l": 70, "b": 86}, showlegend=True,
-                   legend={"orientation": "h", "y": -0.2}, yaxis={"title": "tokens into attention", "rangemode": "tozero"})  # fmt: skip
+    top = max((max(row) for row in counts), default=1)  # room above the highest line for its counts
+    return make_figure(data, height=300, margin={"l": 70, "b": 86}, showlegend=True, legend={"orientation": "h", "y": -0.2},
+                       yaxis={"title": "tokens into attention", "range": [0, 1.15 * top]})  # fmt: skip
+
+
+def token_count_labels(counts: Sequence[Sequence[int]]) -> list[tuple[list[str], list[str]]]:
+    """Per line, the text written at each block and where (``top center`` / ``bottom center``):
+    a count is written by the first line that has it at that block, and the lowest of the
+    block's distinct counts goes under its marker, so that two close counts do not overlap."""
+    labels = [([""] * len(row), ["top center"] * len(row)) for row in counts]
+    for block in range(len(counts[0]) if counts else 0):
+        values = [row[block] for row in counts]
+        lowest, written = min(values), set()
+        for (text, where), value in zip(labels, values, strict=True):
+            if value not in written:
+                text[block] = str(value)
+                written.add(value)
+            if value == lowest and len(set(values)) > 1:
+                where[block] = "bottom center"
+    return labels
 
 
 def make_patch_heatmap(values: np.ndarray, *, title: str, label: str, zmax: float | None = None) -> go.Figure:

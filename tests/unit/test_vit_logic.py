@@ -361,3 +361,17 @@ def test_runs_static_knows_settings_that_shed_nothing(model, knobs, static):
     if static:
         x = image()
         assert model.trace(x, **knobs).flops == model.trace(x, **model.static_knobs).flops
+
+
+def test_token_counts_shared_by_lines_are_written_once_and_close_ones_apart():
+    """The token-count chart: three lines that agree on the first blocks must not write their
+    counts on top of each other, and two close counts sit on either side of their markers."""
+    from components.figures import token_count_labels
+
+    every, prune, merge = [65] * 4, [65, 54, 45, 38], [65, 53, 45, 35]
+    (t0, w0), (t1, w1), (t2, w2) = token_count_labels([every, prune, merge])
+    for block in range(4):
+        written = [t[block] for t in (t0, t1, t2) if t[block]]
+        assert sorted(written) == sorted({str(v[block]) for v in (every, prune, merge)})  # each count once
+    assert (t1[1], w1[1]) == ("54", "top center") and (t2[1], w2[1]) == ("53", "bottom center")
+    assert w0 == ["top center"] * 4  # every token: the highest line
