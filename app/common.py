@@ -27,8 +27,9 @@ def model_input(name: str, key: str, _image: Image.Image) -> torch.Tensor:
 @st.cache_resource(max_entries=32, show_spinner=False)
 def thumbnail(key: str, size: int, _image: Image.Image) -> Image.Image:
     """``square_thumbnail`` of one input (keyed by its content hash), once per size: from a
-    12-megapixel upload it took 80-90 ms, and the pages asked for it on every knob move. One
-    image shared read-only by every page and session."""
+    large upload (shrunk to 1024 pixels a side on loading) it took 6-9 ms, and the pages asked
+    for two or three of them on every knob move. One image shared read-only by every page and
+    session."""
     return square_thumbnail(_image, size)
 
 

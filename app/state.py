@@ -47,6 +47,13 @@ def video_knob_key(model: str, knob: str) -> str:
     return f"video:{model}:{knob}"
 
 
+def video_settings_drawn(model: str) -> tuple[str, ...]:
+    """The Video page's keys (and key prefixes) whose widgets a run draws above the frame
+    scrubber when ``model`` is chosen: :func:`keep_settings` must skip them in the scrubber's
+    fragment, and only them (another model's knobs are not drawn and must be kept)."""
+    return (VIDEO_SPREAD, VIDEO_FPS, VIDEO_MAX_FRAMES, VIDEO_MODEL, VIDEO_REUSE, video_knob_key(model, ""))
+
+
 ATTRIBUTION_MODEL = "attribution:model"  # which model the attribution panel explains
 ATTRIBUTION_SLOW = "attribution:slow"  # the (model, image, knobs) whose slow attributions were asked for
 
@@ -74,7 +81,8 @@ def keep_settings(also: tuple[str, ...] = KEPT_KEYS, skip: tuple[str, ...] = ())
     ``also``: single keys kept besides the prefixes; a fragment passes none, as their widgets
     (the sidebar's, the attribution model's) were drawn earlier in the same run, where their
     values may no longer be assigned, and a fragment's rerun does not touch widgets outside it.
-    ``skip``: prefixes of the same kind, a page's own settings drawn before its fragment."""
+    ``skip``: keys or key prefixes not to assign: settings drawn earlier in the same run,
+    above a fragment (the Video page's, :func:`video_settings_drawn`)."""
     for key in list(st.session_state):
         if not isinstance(key, str) or key in NOT_KEPT or (skip and key.startswith(skip)):
             continue
@@ -82,16 +90,13 @@ def keep_settings(also: tuple[str, ...] = KEPT_KEYS, skip: tuple[str, ...] = ())
             st.session_state[key] = st.session_state[key]
 
 
-def knob_fragment(run: Callable[P, None], *, drawn_before: tuple[str, ...] = ()) -> Callable[P, None]:
+def knob_fragment(run: Callable[P, None]) -> Callable[P, None]:
     """``st.fragment`` for a page's knobs and what they change (it reruns alone when they
-    move), keeping the other pages' knobs (:func:`keep_settings`) through its reruns.
-    ``drawn_before``: key prefixes of the page's settings drawn above the fragment (the
-    Video page's, around its scrubber), which Streamlit keeps through the fragment's reruns
-    and which may not be assigned again in the run that drew them."""
+    move), keeping the other pages' knobs (:func:`keep_settings`) through its reruns."""
 
     @functools.wraps(run)
     def kept(*args: P.args, **kwargs: P.kwargs) -> None:
-        keep_settings(also=(), skip=drawn_before)
+        keep_settings(also=())
         run(*args, **kwargs)
 
     return st.fragment(kept)

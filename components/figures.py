@@ -340,20 +340,25 @@ def make_token_counts(traces: dict[str, Trace]) -> go.Figure:
                        yaxis={"title": "tokens into attention", "range": [0, 1.15 * top]})  # fmt: skip
 
 
-def token_count_labels(counts: Sequence[Sequence[int]]) -> list[tuple[list[str], list[str]]]:
-    """Per line, the text written at each block and where (``top center`` / ``bottom center``):
-    a count is written by the first line that has it at that block, and the lowest of the
-    block's distinct counts goes under its marker, so that two close counts do not overlap."""
+def token_count_labels(counts: Sequence[Sequence[int]], close: float = 0.1) -> list[tuple[list[str], list[str]]]:
+    """Per line, the text written at each block and where (``top center`` / ``bottom center``).
+    A count is written once per block, by the first line that has it. Going down a block's
+    distinct counts, one within ``close`` (a share of the highest count on the chart) of a count
+    written above its marker is written under its own, so that two close counts do not overlap."""
     labels = [([""] * len(row), ["top center"] * len(row)) for row in counts]
+    near = close * max((max(row) for row in counts if len(row)), default=0)
     for block in range(len(counts[0]) if counts else 0):
         values = [row[block] for row in counts]
-        lowest, written = min(values), set()
-        for (text, where), value in zip(labels, values, strict=True):
-            if value not in written:
+        where_of: dict[int, str] = {}
+        above = None  # the last count written above its marker
+        for value in sorted(set(values), reverse=True):
+            under = above is not None and above - value < near
+            where_of[value] = "bottom center" if under else "top center"
+            above = None if under else value
+        for line, ((text, where), value) in enumerate(zip(labels, values, strict=True)):
+            where[block] = where_of[value]
+            if values.index(value) == line:  # the first line with this count writes it
                 text[block] = str(value)
-                written.add(value)
-            if value == lowest and len(set(values)) > 1:
-                where[block] = "bottom center"
     return labels
 
 

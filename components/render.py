@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -89,15 +90,23 @@ class Timing:
 
 
 def render_small_table(rows: Sequence[dict[str, Any]]) -> None:
-    """A handful of short rows as a Markdown table. ``st.dataframe`` brings pandas and Arrow into
-    the first run (0.3-0.7 s of imports, on the early-exit page's cold start) and a data grid
-    for the browser to mount, and builds a DataFrame on every rerun; a table of a few rows needs
-    none of it. Cells are shown as text; a ``|`` in one is escaped."""
+    """A handful of short rows as a Markdown table, shown as plain text. ``st.dataframe`` brings
+    pandas and Arrow into the first run (0.3-0.7 s of imports, on the early-exit page's cold
+    start) and a data grid for the browser to mount, and builds a DataFrame on every rerun; a
+    table of a few rows needs none of it."""
     if not rows:
         return
     head = list(rows[0])
-    cells = [head, ["---"] * len(head), *([str(row[h]).replace("|", "\\|") for h in head] for row in rows)]
+    cells = [[markdown_text(h) for h in head], ["---"] * len(head)]
+    cells += [[markdown_text(row[h]) for h in head] for row in rows]
     st.markdown("\n".join("| " + " | ".join(line) + " |" for line in cells))
+
+
+def markdown_text(value: Any) -> str:
+    """``value`` as literal text in one Markdown table cell: the characters Markdown would read
+    as emphasis, code, links, HTML, a cell border or (in Streamlit) LaTeX are escaped, and line
+    breaks become spaces."""
+    return re.sub(r"([\\`*_\[\]<>|$~])", r"\\\1", re.sub(r"[\r\n]+", " ", str(value)))
 
 
 def render_cost_metrics(trace: Trace, *, timing: Timing | None) -> None:

@@ -3,7 +3,6 @@ knob that reuses the last result while the picture barely changes (temporal redu
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from typing import Any
 
@@ -22,7 +21,6 @@ from components.video import EXTENSIONS, FrameResult, Video, VideoError, read_fr
 from models import available, model_class
 
 MAP_SIDE = 192
-VIDEO_SETTINGS = "video:"  # the prefix of the settings drawn above the scrubber (app.state)
 SAMPLING = ("from the start", "across the whole video")
 SAMPLING_HELP = (
     "From the start: frames at a fixed rate until the maximum is reached. Across the whole video: the maximum number "
@@ -131,10 +129,14 @@ def render_frame(video: Video, results: list[FrameResult], index: int, name: str
         st.plotly_chart(picture, key="video_picture")
 
 
-@functools.partial(state.knob_fragment, drawn_before=(VIDEO_SETTINGS,))
+@st.fragment
 def render_scrubbed(video: Video, results: list[FrameResult], name: str) -> None:
     """The frame scrubber, the timelines with the scrubbed frame marked, and that frame: a
-    scrub reruns only this, not the upload's hashing, the settings and the summary above."""
+    scrub reruns only this, not the upload's hashing, the settings and the summary above.
+    Like a model page's knob fragment (``state.knob_fragment``), it keeps the other pages'
+    settings and the other models' Video knobs through its reruns; not the settings drawn
+    above it, which Streamlit keeps and which this run may no longer assign."""
+    state.keep_settings(also=(), skip=state.video_settings_drawn(name))
     index = st.slider("Frame", 0, len(results) - 1, 0, key=state.VIDEO_FRAME) if len(results) > 1 else 0
     classes = load_model(name).card.classes
     decisions = [decision_of(r.trace) for r in results]

@@ -75,7 +75,7 @@ def test_the_top_classes_table_has_a_row_per_exit_and_marks_the_one_that_fired()
     fired, exits = (int(n) for n in metric(at, "Exit").split(" of "))
     assert len(rows) == exits
     assert [row[0] for row in rows if row[0].endswith("(fired)")] == [f"exit {fired} (fired)"]
-    assert rows[fired - 1][1].split()[0] == metric(at, "Prediction")  # the fired exit's top class
+    assert rows[fired - 1][1].rsplit("\u00a0", 1)[0] == metric(at, "Prediction")  # the fired exit's top class
 
 
 def test_moving_the_threshold_changes_the_compute_figure():
@@ -524,7 +524,7 @@ def test_a_mask_threshold_move_recomputes_the_runs_maps_but_not_the_static_netwo
 )
 def test_a_knob_move_does_not_resize_a_large_upload_again(page, knob, value, monkeypatch):
     """The pictures over the image and the enlarged model input start from thumbnails of the
-    upload, made once per image: a 12-megapixel photo took 80-90 ms to resize, per thumbnail."""
+    upload, made once per image (6-9 ms each from a large upload, shrunk to 1024 pixels a side)."""
     import io
 
     import numpy as np

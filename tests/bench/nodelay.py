@@ -10,12 +10,15 @@ import sys
 from streamlit.web import cli
 from streamlit.web.server.starlette import starlette_server
 
-_bind = starlette_server._bind_socket
+_bind = starlette_server._bind_socket  # Streamlit 1.67's; a version without it stops here
 
 
-def bind_without_nagle(*args, **kwargs) -> socket.socket:
-    sock = _bind(*args, **kwargs)
+def bind_without_nagle(address: str, port: int, backlog: int) -> socket.socket:
+    """Streamlit's listening socket, with TCP_NODELAY set (and checked)."""
+    sock = _bind(address, port, backlog)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if not sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY):
+        raise RuntimeError("TCP_NODELAY did not take on Streamlit's listening socket")
     return sock
 
 

@@ -105,6 +105,12 @@ def test_a_page_keeps_its_knobs_while_another_page_reruns_its_fragment(app_url, 
     page.close()
 
 
+MARGINS_GROWN_JS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(g => {
+    const m = g.layout.margin, s = g._fullLayout._size;
+    return [g.layout.height, [m.l, m.r, m.t, m.b], [s.l, s.r, s.t, s.b].map(Math.round)];
+}).filter(([, given, drawn]) => given.some((v, i) => v !== drawn[i]))"""
+
+
 def assert_no_chart_drawn_twice(page) -> None:
     """No chart's labels needed more room than its layout's margin (Plotly would then grow the
     margin and draw the chart a second time: components.figures.shared_layout). Waits until
@@ -117,16 +123,11 @@ def assert_no_chart_drawn_twice(page) -> None:
     assert twice == [], f"charts whose labels needed more margin than they were given: {twice}"
 
 
-MARGINS_GROWN_JS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(g => {
-    const m = g.layout.margin, s = g._fullLayout._size;
-    return [g.layout.height, [m.l, m.r, m.t, m.b], [s.l, s.r, s.t, s.b].map(Math.round)];
-}).filter(([, given, drawn]) => given.some((v, i) => v !== drawn[i]))"""
-
-
 def test_the_fallback_picture_of_a_model_fits_its_labels(browser):
     """A model with no picture of its own gets a unit-by-unit FLOPs chart (components.pictures);
     none of the four needs it, so no page draws it: drawn here with plotly.js for each model's
-    units, it must not need more margin than it gives."""
+    units, as wide as a page and as narrow as one of four Compare columns, it must not need more
+    margin than it gives."""
     import plotly
     import torch
 
@@ -139,11 +140,12 @@ def test_the_fallback_picture_of_a_model_fits_its_labels(browser):
     for name in models.available():
         model = models.get(name)
         fig = make_unit_flops(model.trace(torch.rand(1, 3, model.input_size, model.input_size))).to_plotly_json()
-        page.evaluate(
-            """async (fig) => { const d = document.createElement('div'); d.style.width = '900px';
-            document.body.appendChild(d); await Plotly.newPlot(d, fig.data, fig.layout); }""",
-            fig,
-        )
+        for width in (280, 900):  # one of four Compare columns; the page's width
+            page.evaluate(
+                """async ([fig, width]) => { const d = document.createElement('div'); d.style.width = width + 'px';
+                document.body.appendChild(d); await Plotly.newPlot(d, fig.data, fig.layout); }""",
+                [fig, width],
+            )
     assert page.evaluate(MARGINS_GROWN_JS) == []
     page.close()
 
@@ -178,6 +180,23 @@ def test_compare_match_a_budget_and_export(app_url, browser):
     page.close()
 
 
+def choose_video_model(page, title: str, knob: str) -> None:
+    """Choose the Video page's model and wait for its run: its own knob ``knob`` is drawn."""
+    page.locator('[data-testid="stSelectbox"]').filter(has=page.get_by_text("Model", exact=True)).click()
+    page.get_by_role("option", name=title, exact=True).click()
+    threshold_slider(page, knob).wait_for(timeout=60_000)
+    wait_idle(page)
+
+
+def scrub_to_last_frame(page, caption: str) -> None:
+    page.locator('[data-testid="stSlider"]').filter(has=page.get_by_text("Frame", exact=True)).get_by_role(
+        "slider"
+    ).focus()
+    page.keyboard.press("End")
+    page.get_by_text(caption).wait_for(timeout=60_000)
+    wait_idle(page)
+
+
 def test_video_upload_shows_timelines_and_the_scrubbed_frame(app_url, browser, tmp_path):
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(make_video(seconds=3.0, fps=10, size=(160, 96), still_from=1.5))
@@ -188,6 +207,18 @@ def test_video_upload_shows_timelines_and_the_scrubbed_frame(app_url, browser, t
     page.locator('[data-testid="stMetric"]').filter(has_text="Frames sampled").wait_for(timeout=60_000)
     wait_idle(page)
     assert metric_value(page, "Frames sampled") == "6" and metric_value(page, "Model runs") == "6"
+    # a knob of one model, set and then out of sight while another model is chosen, must
+    # outlive a scrub (the scrubber's fragment rerun does not draw it, and its keep_settings
+    # must not skip it)
+    threshold_slider(page).focus()
+    page.keyboard.press("ArrowLeft")
+    moved = f"{EarlyExitResNet().card.meta['default_knobs']['threshold'] - 0.01:.2f}"
+    page.get_by_text(moved, exact=True).first.wait_for(timeout=60_000)
+    wait_idle(page)
+    choose_video_model(page, "Block skipping (gated ResNet)", "Gate threshold")
+    scrub_to_last_frame(page, "frame at 2.50 s")
+    choose_video_model(page, "Early exits (multi-exit ResNet)", "Confidence threshold")
+    assert threshold_slider(page).input_value() == moved
     threshold_slider(page, "Frames per second to sample").focus()
     page.keyboard.press("End")  # 10 per second: every frame of the clip
     page.locator('[data-testid="stMetric"]').filter(has_text="Frames sampled").get_by_text("30", exact=True).wait_for(
@@ -195,12 +226,7 @@ def test_video_upload_shows_timelines_and_the_scrubbed_frame(app_url, browser, t
     )
     wait_idle(page)
     # scrubbing reruns only the scrubber's fragment; the settings above it must outlive that
-    page.locator('[data-testid="stSlider"]').filter(has=page.get_by_text("Frame", exact=True)).get_by_role(
-        "slider"
-    ).focus()
-    page.keyboard.press("End")
-    page.get_by_text("frame at 2.90 s").wait_for(timeout=60_000)
-    wait_idle(page)
+    scrub_to_last_frame(page, "frame at 2.90 s")
     threshold_slider(page, "Reuse below this change").focus()
     page.keyboard.press("End")
     runs = wait_for_metric_change(page, "Model runs", "30")
@@ -219,6 +245,7 @@ def test_the_benchmarks_headless_session_reruns_only_the_knob_fragment(app_url):
     what it times must be the fragment's rerun with the new value, not a whole run."""
     with headless_session(app_url) as session:
         slider = find_slider(session.open("early_exits"), "Confidence threshold")
+        assert slider[1]  # the slider sits in a fragment
         _, answer = session.move_slider(slider, 0.5)
     deltas = [m for m in answer if m.WhichOneof("type") == "delta"]
     assert deltas and {m.delta.fragment_id for m in deltas} == {slider[1]}

@@ -15,3 +15,13 @@ def test_a_timing_gives_its_ratio_and_flags_runs_that_disagreed():
     assert not Timing(1.0, 1.0, NOISY_SPREAD).noisy
     # just past the threshold, the caveat must not round the spread back down to it
     assert "1.52x" in Timing(1.0, 1.0, 1.52).caveat()
+
+
+def test_a_small_tables_cells_are_shown_as_text():
+    """render_small_table's cells: Markdown and Streamlit's LaTeX must not read them, a ``|``
+    must not split the cell, a line break must not end the row; other text stays as it is."""
+    from components.render import markdown_text
+
+    assert markdown_text("a|b *c* $x$ [l](u) <b>\nnext") == r"a\|b \*c\* \$x\$ \[l\](u) \<b\> next"
+    assert markdown_text("exit 6 (fired)") == "exit 6 (fired)"
+    assert markdown_text("airplane\u00a099%") == "airplane\u00a099%"  # the no-break space is kept

@@ -364,14 +364,19 @@ def test_runs_static_knows_settings_that_shed_nothing(model, knobs, static):
 
 
 def test_token_counts_shared_by_lines_are_written_once_and_close_ones_apart():
-    """The token-count chart: three lines that agree on the first blocks must not write their
-    counts on top of each other, and two close counts sit on either side of their markers."""
+    """The token-count chart: lines that agree (every line before the first reduction) must not
+    write their counts on top of each other, and close counts go on either side of their
+    markers, also when the close pair is not the block's lowest (four lines: the page's own
+    setting, every token, and prune and merge at a matched budget)."""
     from components.figures import token_count_labels
 
-    every, prune, merge = [65] * 4, [65, 54, 45, 38], [65, 53, 45, 35]
-    (t0, w0), (t1, w1), (t2, w2) = token_count_labels([every, prune, merge])
+    every, prune, merge, own = [65] * 4, [65, 54, 45, 50], [65, 53, 45, 38], [65, 40, 30, 49]
+    labels = token_count_labels([every, prune, merge, own])
     for block in range(4):
-        written = [t[block] for t in (t0, t1, t2) if t[block]]
-        assert sorted(written) == sorted({str(v[block]) for v in (every, prune, merge)})  # each count once
-    assert (t1[1], w1[1]) == ("54", "top center") and (t2[1], w2[1]) == ("53", "bottom center")
-    assert w0 == ["top center"] * 4  # every token: the highest line
+        written = [text[block] for text, _ in labels if text[block]]
+        assert sorted(written) == sorted({str(v[block]) for v in (every, prune, merge, own)})  # each count once
+    where = {v[b]: labels[i][1][b] for b in range(4) for i, v in enumerate((every, prune, merge, own))}
+    assert where[54] == "top center" and where[53] == "bottom center"  # a close pair at block 2
+    assert (labels[1][1][3], labels[3][1][3]) == ("top center", "bottom center")  # 50 over 49, though 38 is lowest
+    assert labels[2][1][3] == "top center"  # 38: far from 49
+    assert labels[0][1] == ["top center"] * 4  # every token: the highest line
