@@ -186,14 +186,17 @@ def make_accuracy_curve(
                     hovertemplate="%{text}: %{x:.1f} MFLOPs, %{y:.2f}%<extra></extra>",
                 )
             )  # fmt: skip
-    # several current points (Compare) often sit close together: their labels take turns around them
+    # several current points (Compare) often sit close together: their labels take turns around
+    # them, and each has its own star shape, so that the legend tells them apart too
     positions = ("top left", "bottom right", "top right", "bottom left")
+    symbols = ("star", "star-diamond", "star-triangle-up", "star-square")
     for i, (name, (mflops, acc)) in enumerate((current or {}).items()):
         data.append(
             go.Scatter(
                 x=[mflops], y=[100 * acc], mode="markers+text" if label_current else "markers", name=f"{name}: now",
                 text=[name], textposition=positions[i % len(positions)],
-                marker={"symbol": "star", "size": 18, "color": FIRED, "line": {"width": 1, "color": "black"}},
+                marker={"symbol": symbols[i % len(symbols)], "size": 18, "color": FIRED,
+                        "line": {"width": 1, "color": "black"}},
                 hovertemplate="current setting<br>%{x:.1f} MFLOPs, %{y:.2f}%<extra></extra>",
             )
         )  # fmt: skip

@@ -82,3 +82,18 @@ def test_a_curve_matches_its_knobs_and_meets_a_budget_from_below():
     # Compare shows a test-set point only when it was measured at the knob (within half a step)
     assert curve.measured_at({"keep": 0.5}, tolerance=0.025) == points[1]
     assert curve.measured_at({"keep": 0.45}, tolerance=0.025) is None
+
+
+def test_each_current_point_on_a_shared_curve_chart_has_its_own_marker():
+    """Compare draws every configuration's current point on one chart: the legend must tell them
+    apart, not show the same red star twice."""
+    from components.figures import make_accuracy_curve
+
+    curve = {
+        "points": [{"mflops": 10.0, "accuracy": 0.5, "value": 0.1}, {"mflops": 20.0, "accuracy": 0.6, "value": 0.2}]
+    }
+    fig = make_accuracy_curve(
+        {"a": curve, "b": curve}, current={"#1 a": (10.0, 0.5), "#2 b": (20.0, 0.6)}, label_current=True
+    )
+    symbols = [t.marker.symbol for t in fig.data if t.name.endswith(": now")]
+    assert len(symbols) == 2 and len(set(symbols)) == 2
