@@ -84,7 +84,7 @@ def keep_settings(also: tuple[str, ...] = KEPT_KEYS, skip: tuple[str, ...] = ())
     ``skip``: keys or key prefixes not to assign: settings drawn earlier in the same run,
     above a fragment (the Video page's, :func:`video_settings_drawn`)."""
     for key in list(st.session_state):
-        if not isinstance(key, str) or key in NOT_KEPT or (skip and key.startswith(skip)):
+        if not isinstance(key, str) or key in NOT_KEPT or key.startswith(skip):
             continue
         if key.startswith(KEPT) or key in also:
             st.session_state[key] = st.session_state[key]

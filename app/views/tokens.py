@@ -23,6 +23,7 @@ from app.inputs import InputImage
 from app.models_cache import load_model
 from components.figures import make_accuracy_curve, make_patch_heatmap, make_token_counts, vit_block_label
 from components.overlays import make_patch_grid, make_pruned_map, make_token_map
+from components.pictures import make_final_tokens
 from components.render import Timing, render_cost_metrics, render_knobs
 from models.core import Trace
 
@@ -58,23 +59,19 @@ def run(picked: InputImage, x: torch.Tensor, mode: str, value: float | None = No
 
 def token_maps(trace: Trace, image: Image.Image) -> list[tuple[Image.Image, str]]:
     """The patch grid entering the first reducing block, then after each reduction."""
-    ex = trace.extras
-    first = ex["reduce_at"][0]
-    grid = (make_patch_grid(image, ex["grid"]), f"into {vit_block_label(first)}: {ex['grid'] ** 2} patch tokens")
-    return [grid, *(token_map(trace, image, i) for i in ex["reduce_at"])]
-
-
-def token_map(trace: Trace, image: Image.Image, block: int) -> tuple[Image.Image, str]:
-    """The tokens after reducing block ``block``, over the image, and a caption."""
     ex, mode = trace.extras, trace.knobs["mode"]
-    kept, groups, sizes = ex["kept"][block], ex["groups"][block], ex["token_sizes"][block]
-    if mode == "prune":
-        fused = int((~kept).any())
-        picture, what = make_pruned_map(image, kept), f"{int(kept.sum())} kept + {fused} fused"
-    else:
-        n = ex["tokens_mlp"][block] - 1  # patch tokens (the class token is never shed)
-        picture, what = make_token_map(image, groups, sizes), f"{n} tokens from {ex['grid'] ** 2} patches"
-    return picture, f"after {vit_block_label(block)}: {what}"
+    first = ex["reduce_at"][0]
+    maps = [(make_patch_grid(image, ex["grid"]), f"into {vit_block_label(first)}: {ex['grid'] ** 2} patch tokens")]
+    for i in ex["reduce_at"]:
+        kept, groups, sizes = ex["kept"][i], ex["groups"][i], ex["token_sizes"][i]
+        n = ex["tokens_mlp"][i] - 1  # patch tokens (the class token is never shed)
+        if mode == "prune":
+            fused = int((~kept).any())
+            picture, what = make_pruned_map(image, kept), f"{int(kept.sum())} kept + {fused} fused"
+        else:
+            picture, what = make_token_map(image, groups, sizes), f"{n} tokens from {ex['grid'] ** 2} patches"
+        maps.append((picture, f"after {vit_block_label(i)}: {what}"))
+    return maps
 
 
 def render_token_maps(trace: Trace, image: Image.Image) -> None:
@@ -107,7 +104,7 @@ def render_budget_comparison(
         traces[f"{CURVE_OF[mode]}, {point['value']:g}"] = trace
         with col:
             st.markdown(f"**{CURVE_OF[mode]}**, {KNOB_LABEL[mode]} {point['value']:g}")
-            st.image(token_map(trace, image, trace.extras["reduce_at"][-1])[0], width=MAP_SIDE)
+            st.image(make_final_tokens(trace, image), width=MAP_SIDE)
             st.markdown(
                 f"This image: **{classes[trace.prediction]}** ({100 * trace.confidence:.0f}%), "
                 f"{trace.mflops:.1f} MFLOPs, {timing.ms:.1f} ms{' (rough)' if timing.noisy else ''}  \n"
