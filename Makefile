@@ -18,7 +18,7 @@ $(DEV_STAMP): $(RUN_STAMP) requirements-dev.txt
 	touch $@
 
 run: $(RUN_STAMP)
-	$(VENV)/bin/streamlit run app/main.py
+	$(PY) -m app
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,5 +1,5 @@
-"""Helpers shared by the browser tests and the benchmarks: a ``streamlit run`` server on a free
-localhost port, Debian's Chromium through Playwright, and waiting on Streamlit's own state."""
+"""Helpers shared by the browser tests and the benchmarks: the app's server on a free localhost
+port, Debian's Chromium through Playwright, and waiting on Streamlit's own state."""
 
 from __future__ import annotations
 
@@ -28,6 +28,10 @@ IDLE_JS = """() => document.querySelector('[data-testid="stApp"][data-test-scrip
     && !document.querySelector('[data-testid="stStatusWidget"]')"""
 
 
+APP = ("-m", "app")  # make run's command: streamlit run app/main.py with its imports started at once
+STREAMLIT_RUN = ("-m", "streamlit", "run", str(ROOT / "app" / "main.py"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -35,11 +39,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_app(timeout: float = 60, *, run: tuple[str, ...] = ("-m", "streamlit", "run")) -> Iterator[str]:
-    """``streamlit run app/main.py`` headless on 127.0.0.1; yields its URL once healthy. ``run``:
-    the Python arguments before the script's path (the benchmark's ``tests.bench.nodelay``)."""
+def serve_app(timeout: float = 60, *, run: tuple[str, ...] = APP) -> Iterator[str]:
+    """The app headless on 127.0.0.1, as ``make run`` starts it; yields its URL once healthy.
+    ``run``: the Python arguments before Streamlit's options (:data:`STREAMLIT_RUN`: plain
+    ``streamlit run``; the benchmark's ``tests.bench.nodelay``)."""
     port = free_port()
-    cmd = [sys.executable, *run, str(ROOT / "app" / "main.py"), "--server.headless", "true",
+    cmd = [sys.executable, *run, "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

@@ -1,5 +1,5 @@
-"""End to end in Chromium (Playwright driving Debian's /usr/bin/chromium) against
-``streamlit run``: on the early-exit and block-skipping pages, upload a photo, move the
+"""End to end in Chromium (Playwright driving Debian's /usr/bin/chromium) against the app
+started as ``make run`` starts it (``python -m app``): on the early-exit and block-skipping pages, upload a photo, move the
 threshold, see the compute figure change. Widgets are found by ``data-testid`` and the test waits on the page's
 state, never on a fixed sleep."""
 
