@@ -12,7 +12,7 @@ import threading
 from streamlit.web import cli
 
 import app.__main__ as launcher
-from tests.support import APP, ROOT
+from tests.support import APP, ROOT, free_port
 
 
 def test_main_runs_streamlit_on_the_app_with_the_options_and_starts_the_imports(monkeypatch):
@@ -36,8 +36,52 @@ def test_prewarm_imports_in_order_and_stops_quietly_at_a_failure(monkeypatch):
             raise ImportError("no module named broken")
 
     monkeypatch.setattr(launcher.importlib, "import_module", fake_import)
+    monkeypatch.setattr(launcher, "server_started", lambda: True)
     launcher.prewarm(("first", "broken", "never"))  # no exception: the page's own import reports it
     assert calls == ["first", "broken"]
+
+
+def test_prewarm_waits_for_the_server_before_importing(monkeypatch):
+    polls = iter([False, False, True])
+    calls: list[str] = []
+    monkeypatch.setattr(launcher, "server_started", lambda: next(polls))
+    monkeypatch.setattr(launcher, "POLL_S", 0)
+    monkeypatch.setattr(launcher.importlib, "import_module", calls.append)
+    launcher.prewarm(("first",))
+    assert calls == ["first"] and next(polls, "done") == "done"  # three polls, then the import
+
+
+def test_prewarm_waits_without_a_server():
+    assert not launcher.server_started()  # no Streamlit server runs in the test process
+
+
+# The real launcher in a subprocess, its prewarm wrapped to report what it imported, with no
+# browser connecting: the server comes up, the thread sees it and imports the app's modules.
+REPORTING_LAUNCHER = """
+import sys, app.__main__ as launcher
+prewarm = launcher.prewarm
+def reporting():
+    prewarm()
+    print("prewarmed", all(name in sys.modules for name in launcher.PREWARM), flush=True)
+launcher.prewarm = reporting
+launcher.main(sys.argv[1:])
+"""
+
+
+def test_the_launcher_imports_the_app_once_its_server_is_up_before_any_browser():
+    port = str(free_port())
+    cmd = [sys.executable, "-c", REPORTING_LAUNCHER, "--server.headless", "true", "--server.port", port,
+           "--server.address", "127.0.0.1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = threading.Timer(90, proc.kill)  # a launcher that never reports fails, not hangs
+    deadline.start()
+    try:
+        lines = iter(proc.stdout.readline, "")
+        assert next((line.strip() for line in lines if line.startswith("prewarmed")), None) == "prewarmed True"
+    finally:
+        deadline.cancel()
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
 def test_prewarm_names_modules_that_exist():
