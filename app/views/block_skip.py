@@ -27,7 +27,7 @@ from components.figures import (
     make_blocks_histogram,
     make_class_block_heatmap,
 )
-from components.render import Timing, render_cost_metrics
+from components.render import Timing, render_cost_metrics, render_small_table
 from models.core import Trace
 
 MODEL = "block_skip"
@@ -135,11 +135,13 @@ def render_gated_run(picked: Any, x: torch.Tensor) -> None:
         render_dataset_panel(table, knobs["threshold"], classes, per_stage)
     with st.expander("Per-block record of this run"):
         rows = [
-            {"block": block_label(int(u.name[5:]), per_stage), "gate probability": u.score, "ran": u.executed,
-             "MFLOPs": round(u.flops / 1e6, 2), "static MFLOPs": round(u.full_flops / 1e6, 2)}
+            {"block": block_label(int(u.name[5:]), per_stage),
+             "gate probability": "gates off" if u.score is None else f"{u.score:.3f}",
+             "ran": "yes" if u.executed else "skipped", "MFLOPs": f"{u.flops / 1e6:.2f}",
+             "static MFLOPs": f"{u.full_flops / 1e6:.2f}"}
             for u in trace.units if u.kind == "block"
         ]  # fmt: skip
-        st.dataframe(rows, hide_index=True, width="stretch")
+        render_small_table(rows)
 
 
 render_model_page(

@@ -24,7 +24,7 @@ from app.models_cache import load_model
 from components.figures import make_accuracy_curve, make_patch_heatmap, make_token_counts, vit_block_label
 from components.overlays import make_patch_grid, make_pruned_map, make_token_map
 from components.pictures import make_final_tokens
-from components.render import Timing, render_cost_metrics, render_knobs
+from components.render import Timing, render_cost_metrics, render_knobs, render_small_table
 from models.core import Trace
 
 MODEL = "vit_tokens"
@@ -221,9 +221,10 @@ def render_token_run(picked: InputImage, x: torch.Tensor) -> None:
     if table is not None:
         render_dataset_panel(table, matched, mode, measured)
     with st.expander("Per-unit record of this run"):
-        rows = [{"unit": u.name, "kind": u.kind, "ran": u.executed, "MFLOPs": round(u.flops / 1e6, 2),
-                 "static MFLOPs": round(u.full_flops / 1e6, 2)} for u in trace.units]  # fmt: skip
-        st.dataframe(rows, hide_index=True, width="stretch")
+        rows = [{"unit": u.name, "kind": u.kind, "ran": "yes" if u.executed else "no",
+                 "MFLOPs": f"{u.flops / 1e6:.2f}", "static MFLOPs": f"{u.full_flops / 1e6:.2f}"}
+                for u in trace.units]  # fmt: skip
+        render_small_table(rows)
 
 
 render_model_page(

@@ -68,10 +68,15 @@ def test_early_exits_page_renders_for_the_default_example():
     assert not at.error
 
 
+def markdown_table(at: AppTest, header: str) -> list[list[str]]:
+    """The cells of the Markdown table (``render_small_table``) whose header row is ``header``."""
+    table = next(m.value for m in at.markdown if m.value.startswith(header))
+    return [line.strip("| ").split(" | ") for line in table.splitlines()[2:]]
+
+
 def test_the_top_classes_table_has_a_row_per_exit_and_marks_the_one_that_fired():
     at = open_page(EARLY_EXITS)
-    table = next(m.value for m in at.markdown if m.value.startswith("| exit | top 1 | top 2 | top 3 |"))
-    rows = [line.strip("| ").split(" | ") for line in table.splitlines()[2:]]
+    rows = markdown_table(at, "| exit | top 1 | top 2 | top 3 |")
     fired, exits = (int(n) for n in metric(at, "Exit").split(" of "))
     assert len(rows) == exits
     assert [row[0] for row in rows if row[0].endswith("(fired)")] == [f"exit {fired} (fired)"]
@@ -320,6 +325,18 @@ def test_gate_threshold_and_the_all_blocks_toggle_change_the_path():
     assert next(m for m in at.metric if m.label == "Latency").delta.startswith("1.00x the full network")
 
 
+def test_the_per_block_record_lists_every_gated_block_as_it_ran():
+    at = open_page(BLOCK_SKIP)
+    header = "| block | gate probability | ran | MFLOPs | static MFLOPs |"
+    ran, total = (int(n) for n in metric(at, "Blocks run").split(" of "))
+    rows = markdown_table(at, header)
+    assert len(rows) == total and [r[2] for r in rows].count("yes") == ran
+    assert all(float(r[3]) == (float(r[4]) if r[2] == "yes" else 0) for r in rows)  # a skipped block costs nothing
+    at.toggle(key="knob:block_skip:all_on").set_value(True).run()
+    assert {(r[1], r[2]) for r in markdown_table(at, header)} == {("gates off", "yes")}
+    assert not at.dataframe  # a few rows: Markdown, without pandas and a data grid
+
+
 def test_block_skip_page_takes_an_upload(photos):
     at = open_page(BLOCK_SKIP)
     upload(at, photos[2].name, photos[2].read_bytes(), "image/jpeg")
@@ -352,6 +369,16 @@ def test_token_modes_and_keep_ratio_change_the_tokens_and_the_compute():
     slider(at, "Tokens merged per layer (merge)").set_value(16).run()
     assert not at.exception and float(metric(at, "Compute").split()[0]) < full
     assert any(m.label == "Test accuracy at this setting" for m in at.metric)  # r = 16 was measured
+
+
+def test_the_per_unit_record_lists_the_token_reductions_and_experts():
+    at = open_page(TOKENS)
+    rows = markdown_table(at, "| unit | kind | ran | MFLOPs | static MFLOPs |")
+    kinds = [r[1] for r in rows]
+    assert kinds.count("token") == 3 and kinds.count("expert") == 2
+    total = sum(float(r[3]) for r in rows)
+    assert abs(total - float(metric(at, "Compute").split()[0])) < 0.05 * len(rows)  # each cell rounded to 0.01
+    assert not at.dataframe
 
 
 def test_tokens_names_the_nearest_measured_setting_where_the_test_set_was_not_swept():
@@ -497,6 +524,19 @@ def test_pixels_page_masks_compute_and_attribution():
     at.toggle(key="knob:pixel_mask:dense").set_value(True).run()
     assert metric(at, "Conv FLOPs run") == "100%"
     assert not any(c.value.startswith("Overlap") for c in at.caption)  # a dense run has no second row
+
+
+def test_the_per_block_record_counts_the_positions_each_mask_kept():
+    at = open_page(PIXELS)
+    header = "| block | mean mask probability | positions kept | positions | MFLOPs | dense MFLOPs |"
+    rows = markdown_table(at, header)
+    assert len(rows) == len(models.get("pixel_mask", pretrained=False).gates)  # one per masked block
+    assert all(0 <= int(r[2]) <= int(r[3]) and float(r[4]) <= float(r[5]) for r in rows)
+    assert any(int(r[2]) < int(r[3]) for r in rows)  # the default threshold leaves positions out
+    at.toggle(key="knob:pixel_mask:dense").set_value(True).run()
+    rows = markdown_table(at, header)
+    assert all(r[1] == "masks off" and r[2] == r[3] and r[4] == r[5] for r in rows)
+    assert not at.dataframe
 
 
 def test_a_mask_threshold_move_recomputes_the_runs_maps_but_not_the_static_networks(monkeypatch):
