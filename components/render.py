@@ -102,6 +102,13 @@ def render_small_table(rows: Sequence[dict[str, Any]]) -> None:
     st.markdown("\n".join("| " + " | ".join(line) + " |" for line in cells))
 
 
+def mflops_cell(flops: float) -> str:
+    """FLOPs as MFLOPs for a table cell: two decimals, and two significant digits below 0.01 so
+    that a small cost that is not zero (a classifier head, a token fusion) does not read as 0."""
+    m = flops / 1e6
+    return f"{m:.2f}" if m == 0 or abs(m) >= 0.01 else f"{m:.2g}"
+
+
 def markdown_text(value: Any) -> str:
     """``value`` as literal text in one Markdown table cell: the characters Markdown would read
     as emphasis, code, links, HTML, a cell border or (in Streamlit) LaTeX are escaped, and line

@@ -27,7 +27,7 @@ from components.figures import (
     make_blocks_histogram,
     make_class_block_heatmap,
 )
-from components.render import Timing, render_cost_metrics, render_small_table
+from components.render import Timing, mflops_cell, render_cost_metrics, render_small_table
 from models.core import Trace
 
 MODEL = "block_skip"
@@ -137,11 +137,13 @@ def render_gated_run(picked: Any, x: torch.Tensor) -> None:
         rows = [
             {"block": block_label(int(u.name[5:]), per_stage),
              "gate probability": "gates off" if u.score is None else f"{u.score:.3f}",
-             "ran": "yes" if u.executed else "skipped", "MFLOPs": f"{u.flops / 1e6:.2f}",
-             "static MFLOPs": f"{u.full_flops / 1e6:.2f}"}
+             "ran": "yes" if u.executed else "skipped", "MFLOPs": mflops_cell(u.flops),
+             "static MFLOPs": mflops_cell(u.full_flops)}
             for u in trace.units if u.kind == "block"
         ]  # fmt: skip
         render_small_table(rows)
+        if knobs["threshold"] > 0:
+            st.caption(f"A block runs when its gate's probability reaches the threshold, {knobs['threshold']:.2f}.")
 
 
 render_model_page(

@@ -28,7 +28,7 @@ from app.models_cache import load_model
 from components.figures import block_label, make_accuracy_curve, make_block_density
 from components.overlays import make_mask_overlay
 from components.pictures import make_compute_map
-from components.render import Timing, current_index, render_cost_metrics, render_small_table
+from components.render import Timing, current_index, mflops_cell, render_cost_metrics, render_small_table
 from models import available, model_class
 from models.core import Trace
 
@@ -176,11 +176,15 @@ def render_masked_run(picked: InputImage, x: torch.Tensor) -> None:
         rows = [
             {"block": block_label(int(u.name[5:]), trace.extras["blocks_per_stage"]),
              "mean mask probability": "masks off" if u.score is None else f"{u.score:.3f}",
-             "positions kept": int(np.sum(u.decision)), "positions": int(np.size(u.decision)), "MFLOPs": f"{u.flops / 1e6:.2f}",
-             "dense MFLOPs": f"{u.full_flops / 1e6:.2f}"}
+             "positions kept": int(np.sum(u.decision)), "positions": int(np.size(u.decision)), "MFLOPs": mflops_cell(u.flops),
+             "dense MFLOPs": mflops_cell(u.full_flops)}
             for u in trace.units if u.kind == "pixel"
         ]  # fmt: skip
         render_small_table(rows)
+        st.caption(
+            "A block's first 3x3 convolution runs at its kept positions and their neighbours (the second one "
+            "reads those), the second at the kept positions: MFLOPs count both."
+        )
 
 
 render_model_page(

@@ -24,7 +24,7 @@ from app.models_cache import load_model
 from components.figures import make_accuracy_curve, make_patch_heatmap, make_token_counts, vit_block_label
 from components.overlays import make_patch_grid, make_pruned_map, make_token_map
 from components.pictures import make_final_tokens
-from components.render import Timing, render_cost_metrics, render_knobs, render_small_table
+from components.render import Timing, mflops_cell, render_cost_metrics, render_knobs, render_small_table
 from models.core import Trace
 
 MODEL = "vit_tokens"
@@ -222,7 +222,7 @@ def render_token_run(picked: InputImage, x: torch.Tensor) -> None:
         render_dataset_panel(table, matched, mode, measured)
     with st.expander("Per-unit record of this run"):
         rows = [{"unit": u.name, "kind": u.kind, "ran": "yes" if u.executed else "no",
-                 "MFLOPs": f"{u.flops / 1e6:.2f}", "static MFLOPs": f"{u.full_flops / 1e6:.2f}"}
+                 "MFLOPs": mflops_cell(u.flops), "static MFLOPs": mflops_cell(u.full_flops)}
                 for u in trace.units]  # fmt: skip
         render_small_table(rows)
 

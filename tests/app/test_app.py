@@ -332,6 +332,9 @@ def test_the_per_block_record_lists_every_gated_block_as_it_ran():
     rows = markdown_table(at, header)
     assert len(rows) == total and [r[2] for r in rows].count("yes") == ran
     assert all(float(r[3]) == (float(r[4]) if r[2] == "yes" else 0) for r in rows)  # a skipped block costs nothing
+    threshold = slider(at, "Gate threshold").value
+    assert all((float(r[1]) >= threshold) == (r[2] == "yes") for r in rows)
+    assert any(c.value.endswith(f"the threshold, {threshold:.2f}.") for c in at.caption)
     at.toggle(key="knob:block_skip:all_on").set_value(True).run()
     assert {(r[1], r[2]) for r in markdown_table(at, header)} == {("gates off", "yes")}
     assert not at.dataframe  # a few rows: Markdown, without pandas and a data grid

@@ -1,4 +1,4 @@
-"""Latency as the pages report it: the fastest runs, and a caveat when the runs disagreed."""
+"""What the pages print: latency (the fastest runs, a caveat when they disagreed) and small tables."""
 
 from __future__ import annotations
 
@@ -25,3 +25,12 @@ def test_a_small_tables_cells_are_shown_as_text():
     assert markdown_text("a|b *c* $x$ [l](u) <b>\nnext") == r"a\|b \*c\* \$x\$ \[l\](u) \<b\> next"
     assert markdown_text("exit 6 (fired)") == "exit 6 (fired)"
     assert markdown_text("airplane\u00a099%") == "airplane\u00a099%"  # the no-break space is kept
+
+
+def test_a_small_cost_in_a_table_does_not_read_as_zero():
+    from components.render import mflops_cell
+
+    assert mflops_cell(37_748_736) == "37.75"
+    assert mflops_cell(0) == "0.00"  # a skipped block
+    assert mflops_cell(2_570) == "0.0026"  # the transformer's head: 128 x 10 multiply-adds and a norm
+    assert mflops_cell(10_000) == "0.01"
