@@ -65,9 +65,9 @@ def token_maps(trace: Trace, image: Image.Image) -> list[tuple[Image.Image, str]
     for i in ex["reduce_at"]:
         kept, groups, sizes = ex["kept"][i], ex["groups"][i], ex["token_sizes"][i]
         n = ex["tokens_mlp"][i] - 1  # patch tokens (the class token is never shed)
-        if mode == "prune":
-            fused = int((~kept).any())
-            picture, what = make_pruned_map(image, kept), f"{int(kept.sum())} kept + {fused} fused"
+        if mode == "prune":  # every token that is not a patch of its own is a fused one: an earlier fused
+            # token can be among those a later block keeps, so there can be more than one
+            picture, what = make_pruned_map(image, kept), f"{int(kept.sum())} kept + {n - int(kept.sum())} fused"
         else:
             picture, what = make_token_map(image, groups, sizes), f"{n} tokens from {ex['grid'] ** 2} patches"
         maps.append((picture, f"after {vit_block_label(i)}: {what}"))
@@ -196,7 +196,8 @@ def render_token_run(picked: InputImage, x: torch.Tensor) -> None:
     else:
         render_token_maps(trace, image)
         how = (
-            "Dark patches were pruned: fused into one token, their attention-weighted average."
+            "Dark patches were pruned: each pruning block fuses the tokens it prunes into one token, their "
+            "attention-weighted average; a fused token that a later block keeps stays a token of its own."
             if mode == "prune"
             else "Patches tinted with the same colour were merged into one token; clear patches are still tokens of their own."
         )

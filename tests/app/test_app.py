@@ -4,6 +4,7 @@ uploads (real photos and bad files) are handled."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 
 import pytest
@@ -382,6 +383,24 @@ def test_the_per_unit_record_lists_the_token_reductions_and_experts():
     total = sum(float(r[3]) for r in rows)
     assert abs(total - float(metric(at, "Compute").split()[0])) < 0.05 * len(rows)  # each cell rounded to 0.01
     assert not at.dataframe
+
+
+def test_the_pruned_maps_count_every_token_each_block_passes_on():
+    """A fused token that a later block keeps is still a token: after two pruning blocks
+    there can be two fused tokens, and the captions must count both."""
+    from models.vit import REDUCE_AT, Policy, token_counts
+
+    at, fused = open_page(TOKENS), []
+    for keep in (0.8, 0.6, 0.3):
+        slider(at, "Keep ratio (prune)").set_value(keep).run()
+        captions = [c for image in at.get("image") for c in (i.caption for i in image.proto.imgs)]
+        found = [re.fullmatch(r"after block \d+: (\d+) kept \+ (\d+) fused", c) for c in captions]
+        shown = [int(m[1]) + int(m[2]) for m in found if m]  # patch tokens after each pruning block
+        expected = [token_counts(Policy(mode="prune", keep_ratio=keep))[i][1] - 1 for i in REDUCE_AT]
+        assert shown == expected, keep
+        assert shown[-1] + 1 == int(metric(at, "Tokens in the last block").split(" of ")[0])
+        fused += [int(m[2]) for m in found if m]
+    assert max(fused) > 1  # on the example photo, an earlier fused token survives at keep 0.8 and 0.6
 
 
 def test_tokens_names_the_nearest_measured_setting_where_the_test_set_was_not_swept():
