@@ -428,26 +428,33 @@ def make_class_expert_heatmap(share: np.ndarray, classes: Sequence[str], layer: 
     return make_figure([heat], height=360, title=layer, margin=CLASS_HEATMAP, yaxis={"autorange": "reversed"})
 
 
+ACCURACY_SPAN = 2.0  # points: the least a right-hand accuracy axis spans, so that 0.2 points look small
+
+
 def make_knob_sweep(
-    points: Sequence[dict[str, Any]], *, knob_label: str, bar_key: str, bar_label: str, current: float
+    points: Sequence[dict[str, Any]], *, knob_label: str, bar_key: str, bar_label: str, current: float | None
 ) -> go.Figure:
     """One knob's sweep from an eval table: a bar per value (``bar_key``: MFLOPs, or the
-    share of choices dropped) and test accuracy as a line on the right axis; the current value
-    outlined."""
+    share of choices dropped) and test accuracy as a line on the right axis, which spans at
+    least :data:`ACCURACY_SPAN` points; the bar of the ``current`` value in red (none when the
+    current setting is not one of the sweep's)."""
     values = [p["value"] for p in points]
     bars = [p[bar_key] * (100 if bar_key.endswith("share") else 1) for p in points]
-    now = min(range(len(values)), key=lambda i: abs(values[i] - current))
+    now = next((i for i, v in enumerate(values) if current is not None and abs(v - current) < 1e-9), None)
+    accuracy = [100 * p["accuracy"] for p in points]
+    middle, half = (max(accuracy) + min(accuracy)) / 2, max(ACCURACY_SPAN, max(accuracy) - min(accuracy) + 0.4) / 2
     data = [
         go.Bar(x=[f"{v:g}" for v in values], y=bars, name=bar_label,
                marker={"color": [FIRED if i == now else RAN for i in range(len(values))]},
                hovertemplate=f"{knob_label} %{{x}}: %{{y:.1f}}<extra>{bar_label}</extra>"),
-        go.Scatter(x=[f"{v:g}" for v in values], y=[100 * p["accuracy"] for p in points], yaxis="y2", name="test accuracy (%)",
+        go.Scatter(x=[f"{v:g}" for v in values], y=accuracy, yaxis="y2", name="test accuracy (%)",
                    mode="lines+markers", line={"color": EXIT}, hovertemplate="%{y:.2f}%<extra>test accuracy</extra>"),
     ]  # fmt: skip
     return make_figure(
         data, height=300, margin={"l": 76, "r": 96, "b": 100}, showlegend=True, legend={"orientation": "h", "y": -0.3},
         xaxis={"title": knob_label, "type": "category"}, yaxis={"title": bar_label, "rangemode": "tozero"},
-        yaxis2={"title": "test accuracy (%)", "overlaying": "y", "side": "right", "showgrid": False},
+        yaxis2={"title": "test accuracy (%)", "overlaying": "y", "side": "right", "showgrid": False,
+                "range": [middle - half, middle + half], "tickmode": "auto", "nticks": 5, "tickformat": ".1f"},
     )  # fmt: skip
 
 

@@ -32,7 +32,7 @@ from components.figures import (
 from components.overlays import make_expert_map
 from components.render import Timing, render_cost_metrics, render_knobs
 from models.core import Trace
-from models.vit import STATIC_TOP_K
+from models.vit import NUM_EXPERTS, STATIC_TOP_K
 
 MODEL = "vit_tokens"
 MAP_SIDE = 160
@@ -98,6 +98,7 @@ def render_dataset_panel(
 ) -> None:
     curves, layers = table["curves"], layer_names(trace)
     k, capacity = trace.knobs["top_k"], trace.knobs["capacity"]
+    no_drops = capacity * k >= NUM_EXPERTS  # every buffer holds every token: the k sweep's condition
     if point is None:
         st.subheader(f"On the CIFAR-10 test set ({table['n']:,} images)")
         st.info("The test set was swept over k at the default capacity and over the capacity at the default k; "
@@ -117,16 +118,24 @@ def render_dataset_panel(
         for col, share, layer in zip(st.columns(len(layers)), by_layer, layers, strict=True):
             col.plotly_chart(make_class_expert_heatmap(share, classes, layer), key=f"ex_class_{layer}")
         st.caption("Which experts each class's tokens go to, per MoE layer (V-MoE's routing analysis).")
+    # where this setting sits on the two sweeps (red bar), or why it is on neither
+    on_k = f"red: this setting, k = {k}" if no_drops else f"this setting's capacity C = {capacity:g} can drop choices"
+    swept = k == STATIC_TOP_K and any(abs(p["value"] - capacity) < 1e-9 for p in curves["capacity"]["points"])
+    on_capacity = (
+        f"red: this setting, C = {capacity:g}" if swept
+        else f"at k = {STATIC_TOP_K}, every C from {NUM_EXPERTS / STATIC_TOP_K:g} up drops nothing, as C = {capacity:g} does"
+        if k == STATIC_TOP_K else f"this setting's k = {k} is not the sweep's"
+    )  # fmt: skip
     left, right = st.columns(2)
     with left:
         st.plotly_chart(make_knob_sweep(curves["top_k"]["points"], knob_label="experts per token (k)", bar_key="mflops",
-                                        bar_label="mean MFLOPs", current=k), key="ex_k")  # fmt: skip
-        st.caption("Compute and accuracy as k changes (capacity never drops here).")
+                                        bar_label="mean MFLOPs", current=k if no_drops else None), key="ex_k")  # fmt: skip
+        st.caption(f"Compute and accuracy as k changes, with no choice dropped; {on_k}.")
     with right:
         st.plotly_chart(make_knob_sweep(curves["capacity"]["points"], knob_label=f"capacity factor C (k = {STATIC_TOP_K})",
-                                        bar_key="dropped_share", bar_label="% of choices dropped", current=capacity),
-                        key="ex_cap")  # fmt: skip
-        st.caption("Expert choices dropped by the capacity limit, and what that does to accuracy.")
+                                        bar_key="dropped_share", bar_label="% of choices dropped",
+                                        current=capacity if k == STATIC_TOP_K else None), key="ex_cap")  # fmt: skip
+        st.caption(f"Expert choices dropped by the capacity limit, and what that does to accuracy; {on_capacity}.")
 
 
 EXPLANATION = """

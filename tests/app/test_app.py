@@ -427,6 +427,15 @@ def test_experts_page_k_and_capacity_change_compute_and_drops():
     assert any("reset one of the two knobs" in i.value for i in at.info)  # k=1, C=0.25 was not swept
 
 
+def test_the_sweep_charts_say_where_this_expert_setting_is():
+    at = open_page(EXPERTS)  # k = 2, C = 4: on the k sweep; past the capacity sweep, which stops at 2
+    captions = " ".join(c.value for c in at.caption)
+    assert "red: this setting, k = 2" in captions and "every C from 2 up drops nothing, as C = 4 does" in captions
+    slider(at, "Capacity factor C").set_value(1.0).run()
+    captions = " ".join(c.value for c in at.caption)
+    assert "red: this setting, C = 1" in captions and "capacity C = 1 can drop choices" in captions
+
+
 @pytest.mark.parametrize("page", [TOKENS, EXPERTS])
 def test_transformer_pages_take_an_upload(photos, page):
     at = open_page(page)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -380,3 +381,16 @@ def test_token_counts_shared_by_lines_are_written_once_and_close_ones_apart():
     assert (labels[1][1][3], labels[3][1][3]) == ("top center", "bottom center")  # 50 over 49, though 38 is lowest
     assert labels[2][1][3] == "top center"  # 38: far from 49
     assert labels[0][1] == ["top center"] * 4  # every token: the highest line
+
+
+def test_a_knob_sweep_marks_only_a_setting_it_measured_and_keeps_small_accuracy_gaps_small():
+    from components.figures import ACCURACY_SPAN, FIRED, make_knob_sweep
+
+    points = [{"value": c, "dropped_share": 0.5 / c, "accuracy": 0.805 + 0.001 * c} for c in (0.5, 1.0, 2.0)]
+    sweep = partial(make_knob_sweep, points, knob_label="C", bar_key="dropped_share", bar_label="% dropped")
+    colours = sweep(current=1.0).data[0].marker.color
+    assert [c == FIRED for c in colours] == [False, True, False]
+    assert FIRED not in sweep(current=4.0).data[0].marker.color  # past the sweep: marks nothing, not C = 2
+    assert FIRED not in sweep(current=None).data[0].marker.color
+    low, high = sweep(current=1.0).layout.yaxis2.range
+    assert high - low == pytest.approx(ACCURACY_SPAN) and low < 80.55 < 80.7 < high  # 0.15 points, in a 2-point axis
