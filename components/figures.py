@@ -158,7 +158,8 @@ def make_accuracy_curve(
 
     Args:
         curves: name -> ``{"points": [{"mflops", "accuracy", "value"}], "static": [{"mflops",
-            "accuracy", "label"}], "value_label": knob name in the hover (default "threshold")}``;
+            "accuracy", "label"}], "value_label": knob name in the hover (default "threshold"),
+            "static_name": the static markers' legend entry (default "static network")}``;
             the dynamic policy as a line, static settings as markers.
         current: name -> (mflops, accuracy) of the operating point on screen.
         label_current: write each current point's name next to it (several on one chart).
@@ -182,7 +183,9 @@ def make_accuracy_curve(
                     marker={"symbol": "square", "size": 9, "color": STATIC}, text=[s["label"] for s in static],
                     # the rightmost label above and to the left of its marker, so that neither the plot's
                     # edge nor the label of its neighbour (often just left of it, as exits 5 and 6) cuts it
-                    textposition=["bottom right"] * (len(static) - 1) + ["top left"], name=f"{name}: static",
+                    textposition=["bottom right"] * (len(static) - 1) + ["top left"],
+                    name=curve.get("static_name", "static network"),
+                    cliponaxis=False,  # a label above a point near the top stays whole (the top margin has room)
                     hovertemplate="%{text}: %{x:.1f} MFLOPs, %{y:.2f}%<extra></extra>",
                 )
             )  # fmt: skip
@@ -193,14 +196,14 @@ def make_accuracy_curve(
     for i, (name, (mflops, acc)) in enumerate((current or {}).items()):
         data.append(
             go.Scatter(
-                x=[mflops], y=[100 * acc], mode="markers+text" if label_current else "markers", name=f"{name}: now",
-                text=[name], textposition=positions[i % len(positions)],
+                x=[mflops], y=[100 * acc], mode="markers+text" if label_current else "markers", name=f"{name} — now",
+                text=[name], textposition=positions[i % len(positions)], cliponaxis=False,
                 marker={"symbol": symbols[i % len(symbols)], "size": 18, "color": FIRED,
                         "line": {"width": 1, "color": "black"}},
                 hovertemplate="current setting<br>%{x:.1f} MFLOPs, %{y:.2f}%<extra></extra>",
             )
         )  # fmt: skip
-    return make_figure(data, height=360, margin={"l": 70, "r": 16, "t": 20, "b": 120}, showlegend=True,
+    return make_figure(data, height=360, margin={"l": 70, "r": 16, "t": 36, "b": 120}, showlegend=True,
                    legend={"orientation": "h", "y": -0.25}, xaxis={"title": "mean MFLOPs per test image"},
                    yaxis={"title": "test top-1 accuracy (%)"})  # fmt: skip
 

@@ -4,6 +4,7 @@ a budget of mean compute when asked, with every model's accuracy-compute curve o
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,12 @@ class Config:
 
     @property
     def label(self) -> str:
-        return f"#{self.index + 1} {self.name}"
+        return f"#{self.index + 1} {short_title(self.name)}"
+
+
+def short_title(name: str) -> str:
+    """A model's title up to its first parenthesis or colon: "Block skipping", "Vision transformer"."""
+    return re.split(r" \(|:", model_class(name).title)[0]
 
 
 def knob_key(i: int, name: str, knob: str) -> str:
@@ -205,7 +211,7 @@ def render_curves(configs: list[Config]) -> None:
         mine = [c.curve for c in configs if c.name == name and c.curve is not None]
         for curve in [model.curve_of(table, defaults), *mine]:
             if curve is not None:
-                label = f"{name}: {curve.label}" if curve.label else name
+                label = f"{short_title(name)}: {curve.label}" if curve.label else short_title(name)
                 curves[label] = {"points": curve.points, "value_label": curve.knob}  # one line per curve
     for c in configs:
         if c.point is not None:

@@ -74,8 +74,9 @@ def render_dataset_panel(table: dict[str, Any], knobs: dict[str, Any], classes: 
             {"mflops": s["mflops"], "accuracy": s["accuracy"], "label": f"exit {s['exit'] + 1}"}
             for s in table["static_exits"]
         ]
-        curve = {f"dynamic ({criterion})": {"points": points, "static": static}}
-        fig = make_accuracy_curve(curve, current={f"dynamic ({criterion})": (point["mflops"], point["accuracy"])})
+        name = f"dynamic: {CRITERION_LABELS[criterion]}"
+        curve = {name: {"points": points, "static": static, "static_name": "static: one exit always"}}
+        fig = make_accuracy_curve(curve, current={name: (point["mflops"], point["accuracy"])})
         st.plotly_chart(fig, key="ee_curve")
         st.caption("Line: the dynamic policy over all thresholds. Squares: always stopping at one exit (static).")
     with right:

@@ -3,6 +3,7 @@ uploads (real photos and bad files) are handled."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -460,6 +461,10 @@ def test_compare_page_shows_each_configuration_side_by_side():
         "Download the comparison (PNG)", "Download the traces (JSON)"
     ]  # fmt: skip
     assert not at.error and not at.warning
+    chart = next(c for c in at.get("plotly_chart") if "#1 " in c.proto.spec)  # the curves and the stars
+    names = [trace["name"] for trace in json.loads(chart.proto.spec)["data"]]
+    assert not [n for n in names if any(m in n for m in models.available())]  # titles, not registry names
+    assert "#2 Early exits — now" in names and "Early exits: max softmax probability" in names
 
 
 def test_matching_a_budget_sets_every_configuration_under_it():

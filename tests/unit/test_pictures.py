@@ -95,5 +95,5 @@ def test_each_current_point_on_a_shared_curve_chart_has_its_own_marker():
     fig = make_accuracy_curve(
         {"a": curve, "b": curve}, current={"#1 a": (10.0, 0.5), "#2 b": (20.0, 0.6)}, label_current=True
     )
-    symbols = [t.marker.symbol for t in fig.data if t.name.endswith(": now")]
+    symbols = [t.marker.symbol for t in fig.data if t.name.endswith(" — now")]
     assert len(symbols) == 2 and len(set(symbols)) == 2
