@@ -68,7 +68,9 @@ def nearest_point(points: list[dict[str, Any]], value: float) -> dict[str, Any]:
 
 def render_seen_image(picked: InputImage, size: int) -> None:
     seen = thumbnail(picked.key, size, picked.image).resize((160, 160), Image.Resampling.NEAREST)
-    st.image(seen, caption=f"What the model sees ({size}x{size}, enlarged)")
+    width, height = picked.image.size
+    crop = "" if width == height else ", the centre square of the image"  # as square_thumbnail crops
+    st.image(seen, caption=f"What the model sees ({size}x{size}{crop}, enlarged)")
 
 
 def render_prediction(trace: Trace, picked: InputImage, classes: tuple[str, ...], what: tuple[str, str]) -> None:

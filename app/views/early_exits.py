@@ -88,12 +88,12 @@ def render_dataset_panel(table: dict[str, Any], knobs: dict[str, Any], classes: 
         st.caption("Which classes exit early: each row sums to 100%.")
     with right:
         st.markdown("**Overthinking** (Kaya et al., 2019)")
-        st.metric("Early exit right, last exit wrong", f"{point['early_right_last_wrong']} images",
+        st.metric("At this threshold: early exit right, last wrong", f"{point['early_right_last_wrong']} images",
                   help="At this threshold, the exit that fired was right where the full network would be wrong.")  # fmt: skip
-        st.metric("Early exit wrong, last exit right", f"{point['early_wrong_last_right']} images",
+        st.metric("At this threshold: early exit wrong, last right", f"{point['early_wrong_last_right']} images",
                   help="At this threshold, stopping early cost these images their correct answer.")  # fmt: skip
         over = table["overthinking"]["some_earlier_exit_right_last_wrong"]
-        st.metric("Some earlier exit right, last wrong", f"{over} images ({100 * over / n:.1f}%)",
+        st.metric("At any threshold: some earlier exit right, last wrong", f"{over} images ({100 * over / n:.1f}%)",
                   help="For any threshold: images an earlier exit got right that the last exit gets wrong.")  # fmt: skip
 
 

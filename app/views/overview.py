@@ -51,7 +51,7 @@ for category, (title, text) in TAXONOMY.items():
         for name in names:
             model = load_model(name)  # the pages' own instance, built once per process (not on every rerun)
             acc = model.card.meta.get("test_accuracy")
-            summary = f"{model.title}: {model.full_flops / 1e6:.0f} MFLOPs when static"
+            summary = f"{model.title} — {model.full_flops / 1e6:.0f} MFLOPs when static"
             if acc is not None:
                 summary += f", {100 * acc:.2f}% top-1 on the CIFAR-10 test set"
             if name in PAGE_OF:
@@ -59,7 +59,7 @@ for category, (title, text) in TAXONOMY.items():
             else:
                 st.markdown(f"- {summary}")
         for name, page, what in also:
-            st.page_link(page, label=f"{model_class(name).title}: {what}", icon=":material/arrow_forward:")
+            st.page_link(page, label=f"{model_class(name).title} — {what}", icon=":material/arrow_forward:")
 
 with st.container(border=True):
     st.subheader("Side by side")

@@ -68,6 +68,10 @@ def test_early_exits_page_renders_for_the_default_example():
     assert metric(at, "Compute").endswith("MFLOPs")
     assert metric(at, "Latency").endswith("ms")
     assert not at.error
+    seen = next(i.caption for image in at.get("image") for i in image.proto.imgs if i.caption.startswith("What the"))
+    assert seen == "What the model sees (32x32, the centre square of the image, enlarged)"  # the cat is 451x300
+    scopes = [m.label.split(":")[0] for m in at.metric if "last wrong" in m.label or "last right" in m.label]
+    assert scopes == ["At this threshold", "At this threshold", "At any threshold"]  # overthinking, said which
 
 
 def markdown_table(at: AppTest, header: str) -> list[list[str]]:
