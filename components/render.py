@@ -89,6 +89,22 @@ class Timing:
         )
 
 
+SLOWER_THAN_FLOPS = 0.25  # a latency ratio this far above the FLOPs fraction gets a word of explanation
+
+
+def slower_than_flops_note(fraction: float, timing: Timing) -> str | None:
+    """Why the time did not fall with the FLOPs, when it clearly did not (and the runs agreed:
+    a rough latency has its own caveat)."""
+    if timing.noisy or timing.ratio - fraction <= SLOWER_THAN_FLOPS:
+        return None
+    return (
+        f"{100 * fraction:.0f}% of the FLOPs in {timing.ratio:.2f}x the time: at batch size 1 on a CPU, much of a "
+        "small network's time is a fixed cost per operation, which skipping arithmetic does not remove, and the "
+        "dynamic path adds operations of its own (gathering and scattering positions, sorting tokens, routing). "
+        "FLOPs count the arithmetic; the latency is what this machine did."
+    )
+
+
 def render_small_table(rows: Sequence[dict[str, Any]]) -> None:
     """A handful of short rows as a Markdown table, shown as plain text. ``st.dataframe`` brings
     pandas and Arrow into the first run (0.3-0.7 s of imports, on the early-exit page's cold
@@ -131,5 +147,6 @@ def render_cost_metrics(trace: Trace, *, timing: Timing | None) -> None:
                  help=f"Wall time of the real batch-1 dynamic forward pass on this machine's CPU, fastest of "
                  f"{LATENCY_REPEATS} runs, each followed by a run of the full network for the ratio (one measurement "
                  "when this setting runs the full network).")  # fmt: skip
-        if timing.caveat():
-            st.caption(timing.caveat())
+        note = timing.caveat() or slower_than_flops_note(trace.fraction, timing)
+        if note:
+            st.caption(note)

@@ -34,3 +34,12 @@ def test_a_small_cost_in_a_table_does_not_read_as_zero():
     assert mflops_cell(0) == "0.00"  # a skipped block
     assert mflops_cell(2_570) == "0.0026"  # the transformer's head: 128 x 10 multiply-adds and a norm
     assert mflops_cell(10_000) == "0.01"
+
+
+def test_a_latency_that_did_not_fall_with_the_flops_is_explained_once():
+    from components.render import slower_than_flops_note
+
+    assert slower_than_flops_note(0.47, Timing(13.3, 13.2, 1.1)).startswith("47% of the FLOPs in 1.01x the time")
+    assert slower_than_flops_note(0.50, Timing(3.9, 7.9, 1.1)) is None  # early exits: time fell with the FLOPs
+    assert slower_than_flops_note(0.84, Timing(10.0, 10.0, 1.1)) is None  # within the margin
+    assert slower_than_flops_note(0.47, Timing(13.3, 13.2, 2.0)) is None  # rough: the caveat says so instead
