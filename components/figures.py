@@ -153,6 +153,7 @@ def make_accuracy_curve(
     *,
     current: dict[str, tuple[float, float]] | None = None,
     label_current: bool = False,
+    budget: float | None = None,
 ) -> go.Figure:
     """Accuracy (%) vs mean MFLOPs per image.
 
@@ -163,6 +164,7 @@ def make_accuracy_curve(
             the dynamic policy as a line, static settings as markers.
         current: name -> (mflops, accuracy) of the operating point on screen.
         label_current: write each current point's name next to it (several on one chart).
+        budget: mean MFLOPs to mark with a vertical line (Compare's budget).
     """
     data = []
     for name, curve in curves.items():
@@ -203,9 +205,26 @@ def make_accuracy_curve(
                 hovertemplate="current setting<br>%{x:.1f} MFLOPs, %{y:.2f}%<extra></extra>",
             )
         )  # fmt: skip
+    marks: dict[str, Any] = {}
+    if budget is not None:
+        marks["shapes"] = [
+            {
+                "type": "line",
+                "xref": "x",
+                "yref": "paper",
+                "x0": budget,
+                "x1": budget,
+                "y0": 0,
+                "y1": 1,
+                "line": {"color": "black", "dash": "dash", "width": 1.5},
+            }
+        ]
+        # at the foot of the line: the stars' labels take the top of the plot
+        marks["annotations"] = [{"xref": "x", "yref": "paper", "x": budget, "y": 0, "yanchor": "bottom",
+                                 "xanchor": "left", "xshift": 4, "text": f"budget {budget:g}", "showarrow": False}]  # fmt: skip
     return make_figure(data, height=360, margin={"l": 70, "r": 16, "t": 36, "b": 120}, showlegend=True,
                    legend={"orientation": "h", "y": -0.25}, xaxis={"title": "mean MFLOPs per test image"},
-                   yaxis={"title": "test top-1 accuracy (%)"})  # fmt: skip
+                   yaxis={"title": "test top-1 accuracy (%)"}, **marks)  # fmt: skip
 
 
 def make_exit_share(point: dict[str, Any]) -> go.Figure:

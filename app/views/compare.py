@@ -86,8 +86,9 @@ def match_budget(chosen: list[str]) -> None:
     st.session_state[state.COMPARE_MATCHED] = matched
 
 
-def render_budget(chosen: list[str]) -> None:
-    """The budget slider over the range the chosen models' curves span, and the button."""
+def render_budget(chosen: list[str]) -> float | None:
+    """The budget slider over the range the chosen models' curves span, and the button; the
+    budget it shows (None without eval tables)."""
     spans = []
     for name in chosen:
         table = table_of(name)
@@ -96,7 +97,7 @@ def render_budget(chosen: list[str]) -> None:
             spans.append((min(mflops), max(mflops)))
     if not spans:
         st.info("No evaluation tables for these models: run `make evaluate` to match a budget.")
-        return
+        return None
     lo, hi = float(round(min(s[0] for s in spans))), float(round(max(s[1] for s in spans) + 0.5))
     # the user's budget, kept while it fits: the slider is a new widget whenever its range changes
     # (another model chosen, a visit to another page), and would start again from the middle
@@ -111,6 +112,9 @@ def render_budget(chosen: list[str]) -> None:
         "CIFAR-10 test set is the closest to this budget without exceeding it.",
     )  # fmt: skip
     right.button("Match this budget", on_click=match_budget, args=(chosen,), type="primary")
+    st.caption("The dashed line on the accuracy chart below marks this budget; the button sets each "
+               "configuration's swept knob under it.")  # fmt: skip
+    return st.session_state[state.COMPARE_BUDGET]
 
 
 def render_config_controls(i: int) -> tuple[str, dict[str, Any]]:
@@ -197,9 +201,9 @@ def render_pictures(configs: list[Config], image: Image.Image) -> list[Image.Ima
     return [p if isinstance(p, Image.Image) else image for p in pictures.values()]
 
 
-def render_curves(configs: list[Config]) -> None:
-    """Every model's curve at its default knobs, the curves the configurations lie on, and the
-    configurations' measured points."""
+def render_curves(configs: list[Config], budget: float | None) -> None:
+    """Every model's curve at its default knobs, the curves the configurations lie on, the
+    configurations' measured points and the budget."""
     curves: dict[str, dict[str, Any]] = {}
     current: dict[str, tuple[float, float]] = {}
     for name in available():
@@ -217,7 +221,7 @@ def render_curves(configs: list[Config]) -> None:
         if c.point is not None:
             current[c.label] = (c.point["mflops"], c.point["accuracy"])
     st.subheader("Accuracy vs compute on the CIFAR-10 test set")
-    st.plotly_chart(make_accuracy_curve(curves, current=current, label_current=True), key="cmp_curves")
+    st.plotly_chart(make_accuracy_curve(curves, current=current, label_current=True, budget=budget), key="cmp_curves")
     st.caption(
         "Lines: each model's eval table (`assets/eval/`, `python -m models.evaluate --write`), at its default "
         "settings and at the settings of each configuration. Stars: the configurations' measured points."
@@ -273,7 +277,7 @@ def render_compare() -> None:
     names = available()
     with st.container(border=True):
         st.markdown("**Match a budget**")
-        render_budget(
+        budget = render_budget(
             [st.session_state.get(state.compare_key(i, "model"), names[i % len(names)]) for i in range(count)]
         )
     columns = st.columns(count, gap="medium", border=True)
@@ -287,7 +291,7 @@ def render_compare() -> None:
         with col:
             render_config(configs[-1], picked)
     pictures = render_pictures(configs, thumbnail(picked.key, MAP_SIDE, picked.image))
-    render_curves(configs)
+    render_curves(configs, budget)
     render_exports(configs, pictures, picked)
 
 

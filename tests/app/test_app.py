@@ -261,6 +261,21 @@ def test_compare_keeps_the_budget_and_says_matched_only_at_the_budget_shown():
     assert len([c for c in fresh.caption if c.value.startswith("Matched to the budget")]) == 2
 
 
+def test_the_budget_is_marked_on_the_curves_chart_as_the_slider_moves():
+    """The slider alone moves no knob (the button does): the chart shows the budget it holds."""
+
+    def budget_line(at: AppTest) -> tuple[float, str]:
+        chart = next(c for c in at.get("plotly_chart") if "#1 " in c.proto.spec)
+        layout = json.loads(chart.proto.spec)["layout"]
+        return layout["shapes"][0]["x0"], layout["annotations"][0]["text"]
+
+    at = open_page(COMPARE)
+    start = at.slider(key="compare:budget").value
+    assert budget_line(at) == (start, f"budget {start:g}")  # before the slider was ever moved
+    at.slider(key="compare:budget").set_value(150.0).run()
+    assert budget_line(at) == (150.0, "budget 150")
+
+
 @pytest.mark.dataset
 def test_the_sidebar_keeps_the_test_image_and_example_while_another_source_is_chosen(cifar_path, monkeypatch):
     monkeypatch.setenv("DYNN_CIFAR10", str(cifar_path))
