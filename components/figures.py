@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from components.overlays import group_colour
+from components.overlays import expert_colour
 from models.core import Trace
 
 RAN = "#1f77b4"
@@ -403,7 +403,7 @@ def make_expert_load(record: dict[str, Any]) -> go.Figure:
     (load), and its capacity (the buffer size; the rest is dropped). The experts are numbered
     under the axis title: in a narrow column "expert 1" ... labels turned and ran into each other."""
     experts = [str(e + 1) for e in range(len(record["load"]))]
-    colours = [f"rgb{group_colour(e)}" for e in range(len(experts))]  # the expert maps' colours
+    colours = [f"rgb{expert_colour(e)}" for e in range(len(experts))]  # the expert maps' colours
     data = [
         go.Bar(x=experts, y=record["demand"], name="chosen", marker_color=SKIPPED,
                hovertemplate="expert %{x}: chosen by %{y} tokens<extra></extra>"),

@@ -19,8 +19,29 @@ PALETTE = (
 )  # fmt: skip
 
 
+# The experts' own four, named for the captions: far apart in hue, and only one (yellow) near the
+# orange and brown of a typical photo (the shared palette's orange and yellow, experts 1 and 4
+# before, were hard to tell apart over an orange cat). Okabe-Ito's blue, pink and yellow, and a
+# green darker than its bluish green, which sat too close to its blue.
+EXPERT_PALETTE = (
+    ("blue", (0, 114, 178)),
+    ("green", (0, 140, 60)),
+    ("pink", (204, 121, 167)),
+    ("yellow", (240, 228, 66)),
+)
+
+
 def group_colour(i: int) -> tuple[int, int, int]:
     return PALETTE[i % len(PALETTE)]
+
+
+def expert_colour(e: int) -> tuple[int, int, int]:
+    return EXPERT_PALETTE[e % len(EXPERT_PALETTE)][1]
+
+
+def expert_colour_names(num_experts: int) -> str:
+    """ "expert 1 blue, expert 2 green, ...": the maps' legend in words."""
+    return ", ".join(f"expert {e + 1} {EXPERT_PALETTE[e % len(EXPERT_PALETTE)][0]}" for e in range(num_experts))
 
 
 def _cells(values: np.ndarray, size: int) -> np.ndarray:
@@ -89,7 +110,7 @@ def make_expert_map(image: Image.Image, experts: np.ndarray) -> Image.Image:
     Args:
         experts: ``(G, G)`` expert index per patch, -1 for dropped.
     """
-    colours = np.array([group_colour(max(e, 0)) if e >= 0 else GONE for e in experts.ravel()], dtype=np.uint8)
+    colours = np.array([expert_colour(e) if e >= 0 else GONE for e in experts.ravel()], dtype=np.uint8)
     return tint_patches(image, colours.reshape(*experts.shape, 3), np.where(experts >= 0, 0.55, 0.8))
 
 

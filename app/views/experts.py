@@ -29,7 +29,7 @@ from components.figures import (
     make_patch_heatmap,
     vit_block_label,
 )
-from components.overlays import make_expert_map
+from components.overlays import expert_colour_names, make_expert_map
 from components.render import Timing, render_cost_metrics, render_knobs
 from models.core import Trace
 from models.vit import NUM_EXPERTS, STATIC_TOP_K
@@ -71,10 +71,12 @@ def render_layer(record: dict[str, Any], picked: InputImage, name: str) -> None:
         if record["dropped_choices"]
         else "; nothing dropped"
     )
-    st.markdown(f"**{name}**: {record['tokens']} tokens, capacity {record['capacity']} tokens per expert{dropped}")
+    st.markdown(f"**{name}**: {record['tokens']} tokens (the class token and {record['tokens'] - 1} patches), "
+                f"capacity {record['capacity']} tokens per expert{dropped}")  # fmt: skip
     maps, confidence, load = st.columns([1.1 * k, 1.6, 2.2])
     for col, rank in zip(maps.columns(k), range(k), strict=True):
         col.image(make_expert_map(image, record["experts"][rank]), caption=f"{ORDINAL[rank]} choice", width="stretch")
+    maps.caption(f"{expert_colour_names(len(record['load']))}; dark: that choice was dropped.")
     confidence.plotly_chart(
         make_patch_heatmap(record["probs"].max(-1), title="router's top probability", label="p", zmax=1.0),
         key=f"ex_conf{record['block']}",
@@ -184,7 +186,9 @@ def render_expert_run(picked: InputImage, x: torch.Tensor) -> None:
     with top_right:
         skipped = sum(r["dropped_tokens"] for r in moe)
         # each MoE layer routes every token, the class token too: the count is summed over layers
-        dropped = (f"Tokens dropped ({len(moe)} MoE layers)", f"{skipped} of {sum(r['tokens'] for r in moe)}")
+        per_layer = {r["tokens"] for r in moe}
+        total = f"{len(moe)} × {per_layer.pop()}" if len(per_layer) == 1 else str(sum(r["tokens"] for r in moe))
+        dropped = (f"Tokens dropped ({len(moe)} MoE layers)", f"{skipped} of {total}")
         render_prediction(trace, picked, classes, dropped)
         render_cost_metrics(trace, timing=timing)
         if trace.prediction != static.prediction:

@@ -10,7 +10,7 @@ from PIL import Image
 from components.overlays import (
     GONE,
     GRID_LINE,
-    group_colour,
+    expert_colour,
     make_expert_map,
     make_patch_grid,
     make_pruned_map,
@@ -83,7 +83,16 @@ def test_expert_map_colours_each_patch_by_its_expert_and_dropped_dark():
     experts[1, 1], experts[2, 2] = 3, -1
     out = make_expert_map(flat, experts)
     tinted = cell(out, 1, 1)[0, 0].astype(int)
-    towards = np.array(group_colour(3)) - 255
+    towards = np.array(expert_colour(3)) - 255
     assert (np.sign(tinted - 255) == np.sign(towards)).all()  # pulled towards expert 4's colour
     assert not (cell(out, 0, 0)[0, 0] == cell(out, 1, 1)[0, 0]).all()
     assert cell(out, 2, 2).mean() < cell(out, 0, 0).mean()  # dropped: dark
+
+
+def test_the_four_experts_have_far_apart_colours_named_in_the_legend():
+    from components.overlays import expert_colour_names
+
+    colours = np.array([expert_colour(e) for e in range(4)], dtype=float)
+    gaps = [np.linalg.norm(colours[a] - colours[b]) for a in range(4) for b in range(a + 1, 4)]
+    assert min(gaps) > 110  # experts 1 and 4 were orange and yellow: 96 apart
+    assert expert_colour_names(4) == "expert 1 blue, expert 2 green, expert 3 pink, expert 4 yellow"
