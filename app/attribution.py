@@ -105,8 +105,8 @@ def render_attribution_panel(
             )
             if compute_map is not None and not static and masks and all(m is not None for m in masks):
                 agree = agreement(maps[static, method], masks, share=SHARE)
-                col.caption(f"{percent(agree.inside)} of its top {100 * SHARE:.0f}% pixels computed by the average "
-                            f"block ({100 * agree.chance:.0f}% by chance)")  # fmt: skip
+                col.caption(f"Of its top {100 * SHARE:.0f}% pixels, the average block computed {percent(agree.inside)}; "
+                            f"by chance (as many positions, anywhere) {100 * agree.chance:.0f}%.")  # fmt: skip
     if len(rows) == 2:
         parts = [f"{METHODS[m]} {percent(overlap(maps[False, m], maps[True, m]))}" for m in methods]
         st.caption(

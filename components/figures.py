@@ -195,10 +195,12 @@ def make_accuracy_curve(
     # them, and each has its own star shape, so that the legend tells them apart too
     positions = ("top left", "bottom right", "top right", "bottom left")
     symbols = ("star", "star-diamond", "star-triangle-up", "star-square")
-    for i, (name, (mflops, acc)) in enumerate((current or {}).items()):
+    current = current or {}
+    for i, (name, (mflops, acc)) in enumerate(current.items()):
         data.append(
             go.Scatter(
-                x=[mflops], y=[100 * acc], mode="markers+text" if label_current else "markers", name=f"{name} — now",
+                x=[mflops], y=[100 * acc], mode="markers+text" if label_current else "markers",
+                name=f"{name} — now" if len(current) > 1 else "now",  # one: its curve is the only line
                 text=[name], textposition=positions[i % len(positions)], cliponaxis=False,
                 marker={"symbol": symbols[i % len(symbols)], "size": 18, "color": FIRED,
                         "line": {"width": 1, "color": "black"}},
@@ -257,8 +259,9 @@ def block_label(i: int, per_stage: int) -> str:
 
 def make_block_path(trace: Trace) -> go.Figure:
     """The gated network as a row of layers: fixed layers dark, blocks that ran coloured by
-    their gate probability, skipped blocks grey; the line is the path this input took (it
-    dips under a skipped block: the identity shortcut)."""
+    their gate probability, skipped blocks grey and crossed out (light grey alone read as a low
+    probability on the colour scale); the line is the path this input took (it dips under a
+    skipped block: the identity shortcut)."""
     units = [u for u in trace.units if u.kind != "gate"]
     per_stage = trace.extras["blocks_per_stage"]
     gates_on = any(p is not None for p in trace.extras["gate_probs"])
@@ -292,10 +295,10 @@ def make_block_path(trace: Trace) -> go.Figure:
         if group == "layer":
             marker["color"] = STATIC
         elif group == "skipped":
-            marker["color"] = SKIPPED
+            marker.update(symbol="square-x", color=SKIPPED, line={"width": 1.5, "color": STATIC})
         elif gates_on:
             marker.update(color=probs, colorscale="Blues", cmin=0, cmax=1,
-                          colorbar={"title": "gate p", "len": 0.9, "thickness": 12})  # fmt: skip
+                          colorbar={"title": "gate p<br>(ran)", "len": 0.9, "thickness": 12})  # fmt: skip
         else:
             marker["color"] = RAN
         data.append(

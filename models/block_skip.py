@@ -101,7 +101,7 @@ class GatedResNet(DynamicModel):
         self.gates = nn.ModuleList([Gate(c) for c in channels])
         self.head = FinalHead(w3, num_classes)
         self.stage_shapes = [
-            f"{c} x {self.input_size // 2**s}x{self.input_size // 2**s}" for s, c in enumerate(widths, 1)
+            f"{c} channels, {self.input_size // 2**s}x{self.input_size // 2**s}" for s, c in enumerate(widths, 1)
         ]
         self.flops = self._unit_flops()
 

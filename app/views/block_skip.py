@@ -128,7 +128,7 @@ def render_gated_run(picked: Any, x: torch.Tensor) -> None:
     per_stage = trace.extras["blocks_per_stage"]
     st.caption(
         "Stem, downsampling layers and head (dark) always run. Blocks that ran are coloured by their gate's "
-        "probability; grey blocks were skipped, and the path passes under them through the identity shortcut."
+        "probability; crossed-out grey blocks were skipped, and the path passes under them through the identity shortcut."
     )
     table = checked_table(MODEL)
     if table is not None:

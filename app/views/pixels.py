@@ -167,7 +167,11 @@ def render_masked_run(picked: InputImage, x: torch.Tensor) -> None:
     image = thumbnail(picked.key, MAP_SIDE, picked.image)
     st.subheader("Masks per block")
     render_masks(trace, image)
-    st.caption("Dark: positions the block did not compute (its input passed on unchanged).")
+    st.caption(
+        "Dark: positions the block did not compute (its input passed on unchanged). A block's share of its conv "
+        "FLOPs is above its share of positions: its first convolution also runs next to each kept position, "
+        "where the second one reads."
+    )
     render_attribution(picked, trace, x, image)
     table = checked_table(MODEL)
     if table is not None:
