@@ -153,6 +153,7 @@ def render_scrubbed(video: Video, results: list[FrameResult], name: str) -> None
 
 
 def render_video() -> None:
+    st.sidebar.caption("This page runs on the video uploaded on it; the image input above is for the other pages.")
     st.title("Video")
     st.caption("Any model, frame by frame: what it decided over time, and the compute a video's redundancy can save.")
     file = st.file_uploader("Video", type=list(EXTENSIONS), key=state.VIDEO_UPLOAD,

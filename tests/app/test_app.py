@@ -503,6 +503,7 @@ def test_matching_a_budget_sets_every_configuration_under_it():
 def test_video_page_samples_runs_and_reuses(photos):
     at = open_page(VIDEO)
     assert any("Upload a video" in i.value for i in at.info)
+    assert any("the image input above is for the other pages" in c.value for c in at.sidebar.caption)
     at.get("file_uploader")[0].set_value(("clip.mp4", make_video(seconds=2.0, still_from=0.5), "video/mp4")).run()
     assert not at.exception and not at.error
     assert metric(at, "Frames sampled") == "4" and metric(at, "Model runs") == "4"
