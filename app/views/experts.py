@@ -186,8 +186,8 @@ def render_expert_run(picked: InputImage, x: torch.Tensor) -> None:
     with top_right:
         skipped = sum(r["dropped_tokens"] for r in moe)
         # each MoE layer routes every token, the class token too: the count is summed over layers
-        per_layer = {r["tokens"] for r in moe}
-        total = f"{len(moe)} × {per_layer.pop()}" if len(per_layer) == 1 else str(sum(r["tokens"] for r in moe))
+        tokens = [r["tokens"] for r in moe]
+        total = f"{len(moe)} × {tokens[0]}" if len(set(tokens)) == 1 else str(sum(tokens))
         dropped = (f"Tokens dropped ({len(moe)} MoE layers)", f"{skipped} of {total}")
         render_prediction(trace, picked, classes, dropped)
         render_cost_metrics(trace, timing=timing)

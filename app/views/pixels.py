@@ -185,10 +185,6 @@ def render_masked_run(picked: InputImage, x: torch.Tensor) -> None:
             for u in trace.units if u.kind == "pixel"
         ]  # fmt: skip
         render_small_table(rows)
-        st.caption(
-            "A block's first 3x3 convolution runs at its kept positions and their neighbours (the second one "
-            "reads those), the second at the kept positions: MFLOPs count both."
-        )
 
 
 render_model_page(

@@ -65,8 +65,9 @@ def token_maps(trace: Trace, image: Image.Image) -> list[tuple[Image.Image, str]
     for i in ex["reduce_at"]:
         kept, groups, sizes = ex["kept"][i], ex["groups"][i], ex["token_sizes"][i]
         n = ex["tokens_mlp"][i] - 1  # patch tokens (the class token is never shed)
-        if mode == "prune":  # every token that is not a patch of its own is a fused one: an earlier fused
-            # token can be among those a later block keeps, so there can be more than one
+        if mode == "prune":
+            # every token that is not a patch of its own is a fused one; an earlier fused token can
+            # be among those a later block keeps, so there can be more than one
             picture, what = make_pruned_map(image, kept), f"{int(kept.sum())} kept + {n - int(kept.sum())} fused"
         else:
             picture, what = make_token_map(image, groups, sizes), f"{n} tokens from {ex['grid'] ** 2} patches"
