@@ -5,6 +5,7 @@ Colours are shared by every view: what ran, what did not, what fired.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
+import plotly.io as pio
 
 from components.overlays import expert_colour
 from models.core import Trace
@@ -24,6 +26,64 @@ STATIC = "#7f7f7f"
 FONT = {"size": 13}
 # a heatmap with a class per row and a colour bar: room for "automobile" and the bar's labels
 CLASS_HEATMAP = {"l": 90, "r": 100, "b": 46}
+
+# Whether a figure is built twice and the two compared (the test suite sets it: tests/conftest.py).
+# The app builds its figures without plotly's property checks, which were most of what building
+# the early-exit page's charts cost on a threshold move. The checks also rewrite a few shorthands
+# (an axis title given as a string becomes ``{"text": ...}``, which the browser's plotly.js needs),
+# so a figure the checks would change is an error: with this on, every figure the unit tests and
+# the AppTests build, on every page, is built with the checks too and must come out the same.
+CHECK = False
+
+
+class Chart(go.Figure):
+    """A figure as the app draws it: built without plotly's property checks (see :data:`CHECK`),
+    and holding no copy of the theme's template.
+
+    Plotly gives every new figure its own deep copy of the default template (Streamlit's theme,
+    once Streamlit is imported), and copies it again in ``to_dict``, which ``st.plotly_chart``
+    and ``plotly.io`` call to serialise a figure. Here the figure is built with an empty template
+    and ``to_dict`` puts the default one in by reference, so that what is serialised is what
+    plain plotly serialises (a unit test compares them). The early-exit page's five charts took
+    17 ms to build and 6 ms to serialise with plain plotly on a threshold move, 4 and 1 ms so
+    (stop 18)."""
+
+    def __init__(self, data: Sequence[Any], layout: dict[str, Any]) -> None:
+        data = list(data)
+        super().__init__(data=data, layout=layout | {"template": {}}, _validate=False)
+        if CHECK:  # the same figure as plain plotly builds it, and raises on a bad property
+            checked, built = go.Figure(data=data, layout=layout).to_dict(), super().to_dict()
+            checked["layout"].pop("template", None), built["layout"].pop("template", None)
+            if changed := differences(checked, built):
+                raise ValueError(f"plotly's checks would change this figure: write it as plotly stores it: {changed}")
+
+    def to_dict(self) -> dict[str, Any]:
+        spec = super().to_dict()
+        default = pio.templates.default  # a registered template's name, or a template
+        if default is None:
+            spec["layout"].pop("template", None)
+        else:
+            spec["layout"]["template"] = (
+                theme_template(default) if isinstance(default, str) else default.to_plotly_json()
+            )
+        return spec
+
+
+def differences(checked: Any, built: Any, path: str = "") -> dict[str, Any]:
+    """Where two figure specs differ: path -> the checked figure's value there."""
+    if isinstance(checked, dict) and isinstance(built, dict):
+        return {k: v for key in checked.keys() | built.keys()
+                for k, v in differences(checked.get(key), built.get(key), f"{path}.{key}".lstrip(".")).items()}  # fmt: skip
+    if isinstance(checked, list) and isinstance(built, list) and len(checked) == len(built):
+        return {k: v for i, (c, b) in enumerate(zip(checked, built, strict=True))
+                for k, v in differences(c, b, f"{path}[{i}]").items()}  # fmt: skip
+    return {} if checked == built else {path: checked}
+
+
+@functools.cache
+def theme_template(name: str) -> dict[str, Any]:
+    """A registered plotly template as JSON, built once and shared: read only."""
+    return pio.templates[name].to_plotly_json()
 
 
 def shared_layout(*, height: int, title: str | None = None, margin: dict[str, int] | None = None,
@@ -38,7 +98,13 @@ def shared_layout(*, height: int, title: str | None = None, margin: dict[str, in
     (stop 15). The browser tests check that no chart of the model pages needs more room."""
     room = {"l": 10, "r": 10, "t": 40 if title else 10, "b": 10} | (margin or {})
     layout = {"height": height, "margin": room, "font": FONT, "showlegend": showlegend}
-    return layout | ({"title": title} if title else {})
+    return layout | ({"title": {"text": title}} if title else {})
+
+
+def axis(title: str, **props: Any) -> dict[str, Any]:
+    """An axis with a title, as plotly stores it: the browser's plotly.js (3) draws no title
+    given as a bare string, and :class:`Chart` does not rewrite it."""
+    return {"title": {"text": title}} | props
 
 
 def make_figure(
@@ -49,13 +115,10 @@ def make_figure(
     :func:`shared_layout`), and ``layout``'s own keys (axes as ``xaxis``/``yaxis`` dicts, shapes,
     annotations). Plotly checks a layout passed to the constructor once; ``update_layout``,
     ``update_xaxes`` and ``add_shape`` each walk the figure again, and together they were most of what building a chart cost on every slider move (an
-    early-exit threshold move rebuilds four)."""
+    early-exit threshold move rebuilds four); how it is built: :class:`Chart`."""
     extra = {"shapes": list(shapes)} if shapes else {}
     extra |= {"annotations": list(annotations)} if annotations else {}
-    return go.Figure(
-        data=list(data), layout=shared_layout(height=height, title=title, margin=margin, showlegend=showlegend) | extra
-        | layout,
-    )  # fmt: skip
+    return Chart(data, shared_layout(height=height, title=title, margin=margin, showlegend=showlegend) | extra | layout)
 
 
 def _hline(
@@ -145,7 +208,7 @@ def make_exit_confidence(trace: Trace, threshold: float, classes: Sequence[str],
     )  # fmt: skip
     line, label = _hline(threshold, {"color": "black", "dash": "dash"}, f"threshold {threshold:.2f}", outside=True)
     return make_figure([bars], height=300, margin={"l": 72, "r": 100, "b": 56}, shapes=[line], annotations=[label],
-                   yaxis={"range": [0, 1.05], "title": criterion_label})  # fmt: skip
+                   yaxis=axis(criterion_label, range=[0, 1.05]))  # fmt: skip
 
 
 def make_accuracy_curve(
@@ -225,8 +288,8 @@ def make_accuracy_curve(
         marks["annotations"] = [{"xref": "x", "yref": "paper", "x": budget, "y": 0, "yanchor": "bottom",
                                  "xanchor": "left", "xshift": 4, "text": f"budget {budget:g}", "showarrow": False}]  # fmt: skip
     return make_figure(data, height=360, margin={"l": 70, "r": 16, "t": 36, "b": 120}, showlegend=True,
-                   legend={"orientation": "h", "y": -0.25}, xaxis={"title": "mean MFLOPs per test image"},
-                   yaxis={"title": "test top-1 accuracy (%)"}, **marks)  # fmt: skip
+                   legend={"orientation": "h", "y": -0.25}, xaxis=axis("mean MFLOPs per test image"),
+                   yaxis=axis("test top-1 accuracy (%)"), **marks)  # fmt: skip
 
 
 def make_exit_share(point: dict[str, Any]) -> go.Figure:
@@ -236,7 +299,7 @@ def make_exit_share(point: dict[str, Any]) -> go.Figure:
     bars = go.Bar(x=names, y=[100 * s for s in share], marker_color=EXIT, text=[f"{100 * s:.0f}%" for s in share],
                   textposition="outside", cliponaxis=False, hovertemplate="%{x}: %{y:.1f}% of test images<extra></extra>")  # fmt: skip
     return make_figure([bars], height=280, margin={"l": 76, "b": 40},
-                       yaxis={"title": "% of test images", "range": [0, 110]})  # fmt: skip
+                       yaxis=axis("% of test images", range=[0, 110]))  # fmt: skip
 
 
 def make_class_exit_heatmap(point: dict[str, Any], classes: Sequence[str]) -> go.Figure:
@@ -323,8 +386,8 @@ def make_blocks_histogram(point: dict[str, Any]) -> go.Figure:
     bars = go.Bar(x=list(range(len(counts))), y=share, marker_color=RAN, text=[f"{s:.0f}%" for s in share],
                   textposition="outside", cliponaxis=False,
                   hovertemplate="%{x} blocks run: %{y:.1f}% of test images<extra></extra>")  # fmt: skip
-    return make_figure([bars], height=300, margin={"l": 76, "t": 24, "b": 70}, xaxis={"title": "gated blocks run", "dtick": 1},
-                   yaxis={"title": "% of test images", "range": [0, max(share.max() * 1.2, 10)]})  # fmt: skip
+    return make_figure([bars], height=300, margin={"l": 76, "t": 24, "b": 70}, xaxis=axis("gated blocks run", dtick=1),
+                   yaxis=axis("% of test images", range=[0, max(share.max() * 1.2, 10)]))  # fmt: skip
 
 
 def make_class_block_heatmap(point: dict[str, Any], classes: Sequence[str], per_stage: int) -> go.Figure:
@@ -365,7 +428,7 @@ def make_token_counts(traces: dict[str, Trace]) -> go.Figure:
         )  # fmt: skip
     top = max((max(row) for row in counts), default=1)  # room above the highest line for its counts
     return make_figure(data, height=300, margin={"l": 70, "b": 86}, showlegend=True, legend={"orientation": "h", "y": -0.2},
-                       yaxis={"title": "tokens into attention", "range": [0, 1.15 * top]})  # fmt: skip
+                       yaxis=axis("tokens into attention", range=[0, 1.15 * top]))  # fmt: skip
 
 
 def token_count_labels(counts: Sequence[Sequence[int]], close: float = 0.1) -> list[tuple[list[str], list[str]]]:
@@ -419,8 +482,8 @@ def make_expert_load(record: dict[str, Any]) -> go.Figure:
                             top=True, left=True))  # fmt: skip
     return make_figure(data, height=280, margin={"l": 70, "t": 16, "b": 110}, showlegend=True, barmode="overlay",
                    legend={"orientation": "h", "y": -0.3}, shapes=[s for s, _ in lines],
-                   annotations=[a for _, a in lines], xaxis={"title": "expert", "type": "category"},
-                   yaxis={"title": "tokens", "rangemode": "tozero"})  # fmt: skip
+                   annotations=[a for _, a in lines], xaxis=axis("expert", type="category"),
+                   yaxis=axis("tokens", rangemode="tozero"))  # fmt: skip
 
 
 def make_expert_share(shares: Sequence[Sequence[float]], layers: Sequence[str]) -> go.Figure:
@@ -433,7 +496,7 @@ def make_expert_share(shares: Sequence[Sequence[float]], layers: Sequence[str]) 
     line, label = _hline(100 / len(shares[0]), {"color": STATIC, "dash": "dot"}, "balanced", top=True)
     return make_figure(data, height=280, margin={"l": 70, "b": 84}, showlegend=True,
                    legend={"orientation": "h", "y": -0.2}, shapes=[line],
-                   annotations=[label], yaxis={"title": "% of served choices", "rangemode": "tozero"})  # fmt: skip
+                   annotations=[label], yaxis=axis("% of served choices", rangemode="tozero"))  # fmt: skip
 
 
 def make_class_expert_heatmap(share: np.ndarray, classes: Sequence[str], layer: str) -> go.Figure:
@@ -477,9 +540,9 @@ def make_knob_sweep(
     ]  # fmt: skip
     return make_figure(
         data, height=300, margin={"l": 76, "r": 96, "b": 100}, showlegend=True, legend={"orientation": "h", "y": -0.3},
-        xaxis={"title": knob_label, "type": "category"}, yaxis={"title": bar_label, "rangemode": "tozero"},
-        yaxis2={"title": "test accuracy (%)", "overlaying": "y", "side": "right", "showgrid": False,
-                "range": [middle - half, middle + half], "tickmode": "auto", "nticks": 5, "tickformat": ".1f"},
+        xaxis=axis(knob_label, type="category"), yaxis=axis(bar_label, rangemode="tozero"),
+        yaxis2=axis("test accuracy (%)", overlaying="y", side="right", showgrid=False,
+                    range=[middle - half, middle + half], tickmode="auto", nticks=5, tickformat=".1f"),
     )  # fmt: skip
 
 
@@ -540,4 +603,4 @@ def make_block_density(point: dict[str, Any], per_stage: int) -> go.Figure:
     ]  # fmt: skip
     return make_figure(data, height=320, margin={"l": 76, "t": 20, "b": 104}, showlegend=True, barmode="group",
                    legend={"orientation": "h", "y": -0.3},
-                   xaxis={"title": "block (stage.block)"}, yaxis={"title": "% (test-set mean)", "range": [0, 100]})  # fmt: skip
+                   xaxis=axis("block (stage.block)"), yaxis=axis("% (test-set mean)", range=[0, 100]))  # fmt: skip

@@ -15,7 +15,7 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
-from components.figures import RAN, SKIPPED, make_block_path, make_exit_strip, make_figure
+from components.figures import RAN, SKIPPED, axis, make_block_path, make_exit_strip, make_figure
 from components.overlays import make_compute_count, make_heat_overlay, make_pruned_map, make_token_map
 from models.core import Trace
 
@@ -88,4 +88,4 @@ def make_unit_flops(trace: Trace) -> go.Figure:
         go.Bar(x=names, y=[u.flops / 1e6 for u in trace.units], name="executed", marker_color=RAN),
     ]
     return make_figure(data, height=280, margin={"l": 70, "t": 16, "b": 110}, showlegend=True, barmode="overlay",
-                       legend={"orientation": "h", "y": -0.45}, yaxis={"title": "MFLOPs"})  # fmt: skip
+                       legend={"orientation": "h", "y": -0.45}, yaxis=axis("MFLOPs"))  # fmt: skip

@@ -27,6 +27,15 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def checked_figures():
+    """Every figure a test builds, directly or on an AppTest page, is checked against plotly's
+    schema, and must come out as the app builds it without the checks (``components.figures.CHECK``)."""
+    from components import figures
+
+    figures.CHECK = True
+
+
 @pytest.fixture(scope="session")
 def cifar_path() -> Path:
     value = os.environ.get("DYNN_CIFAR10")

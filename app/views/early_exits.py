@@ -54,12 +54,13 @@ def run_path(trace: Trace) -> tuple[int, bool]:
 
 
 def latency_of(trace: Trace, key: str, x: torch.Tensor) -> tuple[int, Timing]:
-    """The exit the real batch-1 run stops at for these very knobs (run on every change, a few
-    ms: the re-decision is checked against it), and the latencies of that path and of the full
-    network (measured once per path)."""
-    real = load_model(trace.model).trace(x, **trace.knobs)
-    path = (trace.knobs["criterion"], *run_path(real))
-    return real.extras["fired_exit"], path_latency(trace.model, key, path, x, trace.knobs)[1]
+    """The exit the real batch-1 run stopped at, and the latencies of that run and of the full
+    network: measured once per path the re-decision ``trace`` takes, with the knobs that first
+    took it. So the re-decision is checked against a real run on every new path; that they agree
+    at every threshold is the model-contract tests' to check (200 test images). A real run on
+    every move, as before, was 10 of the 55 ms the server took for one (stop 18)."""
+    real, timing = path_latency(trace.model, key, (trace.knobs["criterion"], *run_path(trace)), x, trace.knobs)
+    return real.extras["fired_exit"], timing
 
 
 def render_dataset_panel(table: dict[str, Any], knobs: dict[str, Any], classes: tuple[str, ...]) -> None:
@@ -117,7 +118,7 @@ static network. A static exit (squares on the curve) runs only its own classifie
 @state.knob_fragment
 def render_exit_run(picked: Any, x: torch.Tensor) -> None:
     """Everything the threshold and criterion change: reruns alone when they move (the
-    re-decision from the cached all-exits pass, and one real batch-1 run as a check)."""
+    re-decision from the cached all-exits pass; a real batch-1 run on each new path)."""
     model = load_model(MODEL)
     classes = model.card.classes
     defaults = {k.key: model.default_knob(k) for k in model.knobs}

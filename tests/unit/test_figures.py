@@ -1,0 +1,45 @@
+"""How the app builds its plotly figures (``components.figures.Chart``): what it serialises is
+what plain plotly would, and under ``CHECK`` (every test) a figure that plotly's property checks
+would reject or rewrite is an error."""
+
+from __future__ import annotations
+
+import json
+
+import plotly.graph_objects as go
+import plotly.io as pio
+import pytest
+
+from components import figures
+from components.figures import make_figure
+
+DATA = [go.Bar(x=["exit 1", "exit 2"], y=[0.4, 0.9], marker={"color": ["#d62728", "#ff7f0e"]})]
+LAYOUT = {"xaxis": {"title": {"text": "exit"}}, "yaxis": {"range": [0, 1.05]}}
+
+
+@pytest.mark.parametrize("template", ["streamlit", "plotly", None])
+def test_a_chart_serialises_as_plain_plotly_does(monkeypatch, template):
+    import streamlit.elements.plotly_chart  # noqa: F401  registers Streamlit's theme template
+
+    monkeypatch.setattr(pio.templates, "default", template)
+    chart = make_figure(DATA, height=300, margin={"l": 72}, **LAYOUT)
+    plain = go.Figure(data=DATA, layout=figures.shared_layout(height=300, margin={"l": 72}) | LAYOUT)
+    assert chart.to_dict() == plain.to_dict()
+    assert json.loads(pio.to_json(chart)) == json.loads(pio.to_json(plain))  # keys may come in another order
+    if template is not None:  # the theme reaches the browser, though the figure holds no copy of it
+        assert chart.to_dict()["layout"]["template"] == pio.templates[template].to_plotly_json() != {}
+        assert chart.layout.template.to_plotly_json() == {}
+
+
+@pytest.mark.parametrize(
+    ("layout", "error"),
+    [({"xaxis": {"titel": "exit"}}, "titel"),  # a misspelt property: plotly.js would ignore it
+     ({"xaxis": {"title": "exit"}}, "checks would change"),  # plotly.js 3 draws no title from a string
+     ],
+)  # fmt: skip
+def test_a_figure_plotly_would_reject_or_rewrite_fails_the_tests(monkeypatch, layout, error):
+    assert figures.CHECK  # as in every test (tests/conftest.py)
+    with pytest.raises(ValueError, match=error):
+        make_figure(DATA, height=300, **layout)
+    monkeypatch.setattr(figures, "CHECK", False)  # the app builds it as written
+    assert make_figure(DATA, height=300, **layout).to_dict()["layout"]["xaxis"] == layout["xaxis"]
