@@ -137,12 +137,17 @@ def render_scrubbed(video: Video, results: list[FrameResult], name: str) -> None
     settings and the other models' Video knobs through its reruns; not the settings drawn
     above it, which Streamlit keeps and which this run may no longer assign."""
     state.keep_settings(also=(), skip=state.video_settings_drawn(name))
-    index = st.slider("Frame", 0, len(results) - 1, 0, key=state.VIDEO_FRAME) if len(results) > 1 else 0
+    times = [f.time_s for f in video.frames]
+    index = (
+        st.select_slider("Frame", options=range(len(results)), value=0, key=state.VIDEO_FRAME,
+                         format_func=lambda i: f"{times[i]:.2f} s", help="The sampled frames, by their time in the video.")
+        if len(results) > 1 else 0
+    )  # fmt: skip
     classes = load_model(name).card.classes
     decisions = [decision_of(r.trace) for r in results]
     st.plotly_chart(
         make_video_timeline(
-            [f.time_s for f in video.frames], [r.trace.mflops for r in results], [r.reused for r in results],
+            times, [r.trace.mflops for r in results], [r.reused for r in results],
             [d.value for d in decisions], decisions[0].label, [classes[r.trace.prediction] for r in results],
             [r.trace.confidence for r in results], current=index,
         ),
