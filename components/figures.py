@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import plotly.colors
 import plotly.graph_objects as go
 import plotly.io as pio
 
@@ -74,7 +75,10 @@ def differences(checked: Any, built: Any, path: str = "") -> dict[str, Any]:
     if isinstance(checked, dict) and isinstance(built, dict):
         return {k: v for key in checked.keys() | built.keys()
                 for k, v in differences(checked.get(key), built.get(key), f"{path}.{key}".lstrip(".")).items()}  # fmt: skip
-    if isinstance(checked, list) and isinstance(built, list) and len(checked) == len(built):
+    if isinstance(checked, np.ndarray) or isinstance(built, np.ndarray):  # the same numbers reach the browser
+        same = np.shape(checked) == np.shape(built) and np.array_equal(np.asarray(checked), np.asarray(built))
+        return {} if same else {path: checked}
+    if isinstance(checked, list | tuple) and isinstance(built, list | tuple) and len(checked) == len(built):
         return {k: v for i, (c, b) in enumerate(zip(checked, built, strict=True))
                 for k, v in differences(c, b, f"{path}[{i}]").items()}  # fmt: skip
     return {} if checked == built else {path: checked}
@@ -99,6 +103,21 @@ def shared_layout(*, height: int, title: str | None = None, margin: dict[str, in
     room = {"l": 10, "r": 10, "t": 40 if title else 10, "b": 10} | (margin or {})
     layout = {"height": height, "margin": room, "font": FONT, "showlegend": showlegend}
     return layout | ({"title": {"text": title}} if title else {})
+
+
+def series(kind: str, **props: Any) -> dict[str, Any]:
+    """One plotted series (a plotly trace: ``kind`` "scatter", "bar", "heatmap"), written as
+    plotly stores it (titles as ``{"text": ...}``, colour scales as stops: :func:`colours`).
+    :class:`Chart` takes it without building plotly's checked trace object, which cost more than
+    the rest of a figure; :data:`CHECK` compares the two."""
+    return {"type": kind} | props
+
+
+@functools.cache
+def colour_scale(name: str) -> list[list]:
+    """A named plotly colour scale as explicit stops: plotly.js knows some names too, with other
+    colours ("Blues" among them), and :class:`Chart` does not rewrite the name. Shared: read only."""
+    return plotly.colors.get_colorscale(name)
 
 
 def axis(title: str, **props: Any) -> dict[str, Any]:
@@ -149,8 +168,8 @@ def make_exit_strip(trace: Trace, classes: Sequence[str]) -> go.Figure:
     xs = np.arange(len(trace.units))
     last_ran = max(i for i, u in enumerate(trace.units) if u.executed)
     data = [
-        go.Scatter(x=xs, y=np.zeros_like(xs), mode="lines", line={"color": SKIPPED, "width": 3}, hoverinfo="skip"),
-        go.Scatter(x=xs[: last_ran + 1], y=np.zeros(last_ran + 1), mode="lines", line={"color": RAN, "width": 5},
+        series("scatter", x=xs, y=np.zeros_like(xs), mode="lines", line={"color": SKIPPED, "width": 3}, hoverinfo="skip"),
+        series("scatter", x=xs[: last_ran + 1], y=np.zeros(last_ran + 1), mode="lines", line={"color": RAN, "width": 5},
                    hoverinfo="skip"),
     ]  # fmt: skip
     # one marker trace per kind (not one per unit): plotly validates each trace, and this
@@ -175,7 +194,7 @@ def make_exit_strip(trace: Trace, classes: Sequence[str]) -> go.Figure:
             hovers.append(f"{labels[-1]}: {status}<br>{unit.flops / 1e6:.1f} MFLOPs executed "
                           f"(static net: {unit.full_flops / 1e6:.1f}){guess}")  # fmt: skip
         data.append(
-            go.Scatter(
+            series("scatter",
                 x=idx, y=[0] * len(idx), mode="markers+text", text=labels, customdata=hovers,
                 marker={"symbol": "diamond" if kind == "exit" else "square", "size": 34 if kind == "exit" else 44,
                         "color": colours, "line": {"width": widths, "color": "black"}},
@@ -201,7 +220,7 @@ def make_exit_confidence(trace: Trace, threshold: float, classes: Sequence[str],
     colours = [FIRED if u.decision else EXIT if u.executed else SKIPPED for u in exits]
     patterns = ["" if u.executed else "/" for u in exits]
     guesses = [classes[int(np.argmax(p))] for p in exit_probs]
-    bars = go.Bar(
+    bars = series("bar",
         x=[f"exit {k + 1}<br><i>{guess}</i>" for k, guess in enumerate(guesses)], y=scores,
         marker={"color": colours, "pattern": {"shape": patterns}}, customdata=guesses,
         hovertemplate="confidence %{y:.3f}<br>top class %{customdata}<extra></extra>",
@@ -233,7 +252,7 @@ def make_accuracy_curve(
     for name, curve in curves.items():
         pts = sorted(curve["points"], key=lambda p: p["mflops"])
         data.append(
-            go.Scatter(
+            series("scatter",
                 x=[p["mflops"] for p in pts], y=[100 * p["accuracy"] for p in pts], mode="lines", name=name,
                 customdata=[p["value"] for p in pts],
                 hovertemplate=curve.get("value_label", "threshold") + " %{customdata:.2f}<br>%{x:.1f} MFLOPs, "
@@ -243,7 +262,7 @@ def make_accuracy_curve(
         static = curve.get("static", [])
         if static:
             data.append(
-                go.Scatter(
+                series("scatter",
                     x=[s["mflops"] for s in static], y=[100 * s["accuracy"] for s in static], mode="markers+text",
                     marker={"symbol": "square", "size": 9, "color": STATIC}, text=[s["label"] for s in static],
                     # the rightmost label above and to the left of its marker, so that neither the plot's
@@ -261,7 +280,7 @@ def make_accuracy_curve(
     current = current or {}
     for i, (name, (mflops, acc)) in enumerate(current.items()):
         data.append(
-            go.Scatter(
+            series("scatter",
                 x=[mflops], y=[100 * acc], mode="markers+text" if label_current else "markers",
                 name=f"{name} — now" if len(current) > 1 else "now",  # one: its curve is the only line
                 text=[name], textposition=positions[i % len(positions)], cliponaxis=False,
@@ -296,7 +315,7 @@ def make_exit_share(point: dict[str, Any]) -> go.Figure:
     """Share of test images leaving at each exit at one threshold."""
     share = point["exit_share"]
     names = [f"exit {k + 1}" for k in range(len(share))]
-    bars = go.Bar(x=names, y=[100 * s for s in share], marker_color=EXIT, text=[f"{100 * s:.0f}%" for s in share],
+    bars = series("bar", x=names, y=[100 * s for s in share], marker={"color": EXIT}, text=[f"{100 * s:.0f}%" for s in share],
                   textposition="outside", cliponaxis=False, hovertemplate="%{x}: %{y:.1f}% of test images<extra></extra>")  # fmt: skip
     return make_figure([bars], height=280, margin={"l": 76, "b": 40},
                        yaxis=axis("% of test images", range=[0, 110]))  # fmt: skip
@@ -307,9 +326,9 @@ def make_class_exit_heatmap(point: dict[str, Any], classes: Sequence[str]) -> go
     counts = np.asarray(point["class_exit_counts"], dtype=float)  # (C, K)
     share = counts / counts.sum(1, keepdims=True).clip(min=1)
     names = [f"exit {k + 1}" for k in range(counts.shape[1])]
-    heat = go.Heatmap(
-        z=100 * share, x=names, y=list(classes), colorscale="Blues", zmin=0, zmax=100,
-        text=np.round(100 * share).astype(int), texttemplate="%{text}", colorbar={"title": "%"},
+    heat = series("heatmap",
+        z=100 * share, x=names, y=list(classes), colorscale=colour_scale("Blues"), zmin=0, zmax=100,
+        text=np.round(100 * share).astype(int), texttemplate="%{text}", colorbar={"title": {"text": "%"}},
         hovertemplate="%{y}: %{z:.1f}% leave at %{x}<extra></extra>",
     )  # fmt: skip
     return make_figure([heat], height=360, margin=CLASS_HEATMAP, yaxis={"autorange": "reversed"})
@@ -330,7 +349,7 @@ def make_block_path(trace: Trace) -> go.Figure:
     gates_on = any(p is not None for p in trace.extras["gate_probs"])
     xs = np.arange(len(units))
     path_y = [0.0 if u.executed else -0.75 for u in units]
-    data = [go.Scatter(x=xs, y=path_y, mode="lines", line={"color": RAN, "width": 4, "shape": "spline"},
+    data = [series("scatter", x=xs, y=path_y, mode="lines", line={"color": RAN, "width": 4, "shape": "spline"},
                        hoverinfo="skip")]  # fmt: skip
     groups = {
         "layer": [i for i, u in enumerate(units) if u.kind == "layer"],
@@ -360,12 +379,12 @@ def make_block_path(trace: Trace) -> go.Figure:
         elif group == "skipped":
             marker.update(symbol="square-x", color=SKIPPED, line={"width": 1.5, "color": STATIC})
         elif gates_on:
-            marker.update(color=probs, colorscale="Blues", cmin=0, cmax=1,
-                          colorbar={"title": "gate p<br>(ran)", "len": 0.9, "thickness": 12})  # fmt: skip
+            marker.update(color=probs, colorscale=colour_scale("Blues"), cmin=0, cmax=1,
+                          colorbar={"title": {"text": "gate p<br>(ran)"}, "len": 0.9, "thickness": 12})  # fmt: skip
         else:
             marker["color"] = RAN
         data.append(
-            go.Scatter(
+            series("scatter",
                 x=idx, y=[0] * len(idx), mode="markers+text", marker=marker, text=labels, customdata=hovers,
                 textposition="top center", hovertemplate="%{customdata}<extra></extra>",
             )
@@ -383,7 +402,7 @@ def make_blocks_histogram(point: dict[str, Any]) -> go.Figure:
     """How many gated blocks the test images ran at one threshold."""
     counts = np.asarray(point["blocks_histogram"], dtype=float)
     share = 100 * counts / counts.sum()
-    bars = go.Bar(x=list(range(len(counts))), y=share, marker_color=RAN, text=[f"{s:.0f}%" for s in share],
+    bars = series("bar", x=list(range(len(counts))), y=share, marker={"color": RAN}, text=[f"{s:.0f}%" for s in share],
                   textposition="outside", cliponaxis=False,
                   hovertemplate="%{x} blocks run: %{y:.1f}% of test images<extra></extra>")  # fmt: skip
     return make_figure([bars], height=300, margin={"l": 76, "t": 24, "b": 70}, xaxis=axis("gated blocks run", dtick=1),
@@ -394,9 +413,9 @@ def make_class_block_heatmap(point: dict[str, Any], classes: Sequence[str], per_
     """Rows: true class; columns: gated block; cell: how often that class's images ran it."""
     rate = 100 * np.asarray(point["class_block_rate"])  # (C, N)
     names = [block_label(i, per_stage) for i in range(rate.shape[1])]
-    heat = go.Heatmap(
-        z=rate, x=names, y=list(classes), colorscale="Blues", zmin=0, zmax=100,
-        text=np.round(rate).astype(int), texttemplate="%{text}", colorbar={"title": "% run"},
+    heat = series("heatmap",
+        z=rate, x=names, y=list(classes), colorscale=colour_scale("Blues"), zmin=0, zmax=100,
+        text=np.round(rate).astype(int), texttemplate="%{text}", colorbar={"title": {"text": "% run"}},
         hovertemplate="%{y}: block %{x} runs for %{z:.1f}%<extra></extra>",
     )  # fmt: skip
     return make_figure([heat], height=360, margin=CLASS_HEATMAP, yaxis={"autorange": "reversed"})
@@ -420,7 +439,7 @@ def make_token_counts(traces: dict[str, Trace]) -> go.Figure:
     labels = token_count_labels(counts)
     for (name, _), colour, row, (text, where) in zip(traces.items(), colours, counts, labels, strict=False):
         data.append(
-            go.Scatter(
+            series("scatter",
                 x=[vit_block_label(i) for i in range(len(row))], y=row, mode="lines+markers+text", name=name,
                 text=text, textposition=where, line={"color": colour},
                 hovertemplate="%{x}: %{y} tokens<extra>" + name + "</extra>",
@@ -456,8 +475,9 @@ def token_count_labels(counts: Sequence[Sequence[int]], close: float = 0.1) -> l
 def make_patch_heatmap(values: np.ndarray, *, title: str, label: str, zmax: float | None = None) -> go.Figure:
     """An ``(8, 8)`` per-patch quantity (class-token attention, router confidence) on the grid,
     the image's top row at the top."""
-    heat = go.Heatmap(
-        z=values, colorscale="Viridis", zmin=0, zmax=zmax, colorbar={"title": label, "thickness": 12},
+    heat = series("heatmap",
+        z=values, colorscale=colour_scale("Viridis"), zmin=0, zmax=zmax,
+        colorbar={"title": {"text": label}, "thickness": 12},
         hovertemplate="patch row %{y}, column %{x}: %{z:.3f}<extra></extra>",
     )  # fmt: skip
     return make_figure([heat], height=260, title=title, margin={"r": 76}, xaxis={"visible": False},
@@ -471,9 +491,9 @@ def make_expert_load(record: dict[str, Any]) -> go.Figure:
     experts = [str(e + 1) for e in range(len(record["load"]))]
     colours = [f"rgb{expert_colour(e)}" for e in range(len(experts))]  # the expert maps' colours
     data = [
-        go.Bar(x=experts, y=record["demand"], name="chosen", marker_color=SKIPPED,
+        series("bar", x=experts, y=record["demand"], name="chosen", marker={"color": SKIPPED},
                hovertemplate="expert %{x}: chosen by %{y} tokens<extra></extra>"),
-        go.Bar(x=experts, y=record["load"], name="served", marker_color=colours,
+        series("bar", x=experts, y=record["load"], name="served", marker={"color": colours},
                hovertemplate="expert %{x}: served %{y} tokens<extra></extra>"),
     ]  # fmt: skip
     lines = []
@@ -489,7 +509,7 @@ def make_expert_load(record: dict[str, Any]) -> go.Figure:
 def make_expert_share(shares: Sequence[Sequence[float]], layers: Sequence[str]) -> go.Figure:
     """Share of served expert choices each expert took on the test set, per MoE layer."""
     data = [
-        go.Bar(x=[f"expert {e + 1}" for e in range(len(share))], y=[100 * s for s in share], name=layer,
+        series("bar", x=[f"expert {e + 1}" for e in range(len(share))], y=[100 * s for s in share], name=layer,
                hovertemplate="%{x}: %{y:.1f}% of choices<extra>" + layer + "</extra>")
         for layer, share in zip(layers, shares, strict=True)
     ]  # fmt: skip
@@ -507,10 +527,11 @@ def make_class_expert_heatmap(share: np.ndarray, classes: Sequence[str], layer: 
         share: ``(C, E)``, one layer of the eval table's ``class_expert_share``.
     """
     z = 100 * np.asarray(share)
-    heat = go.Heatmap(
+    heat = series("heatmap",
         # scaled to the largest share (about 25% each when balanced): a 0-100 scale washes it out
-        z=z, x=[f"expert {e + 1}" for e in range(z.shape[1])], y=list(classes), colorscale="Blues", zmin=0,
-        zmax=max(float(z.max()), 1.0), text=np.round(z).astype(int), texttemplate="%{text}", colorbar={"title": "%"},
+        z=z, x=[f"expert {e + 1}" for e in range(z.shape[1])], y=list(classes), colorscale=colour_scale("Blues"),
+        zmin=0, zmax=max(float(z.max()), 1.0), text=np.round(z).astype(int), texttemplate="%{text}",
+        colorbar={"title": {"text": "%"}},
         hovertemplate="%{y}: %{z:.1f}% of choices go to %{x}<extra></extra>",
     )  # fmt: skip
     return make_figure([heat], height=360, title=layer, margin=CLASS_HEATMAP, yaxis={"autorange": "reversed"})
@@ -532,10 +553,10 @@ def make_knob_sweep(
     accuracy = [100 * p["accuracy"] for p in points]
     middle, half = (max(accuracy) + min(accuracy)) / 2, max(ACCURACY_SPAN, max(accuracy) - min(accuracy) + 0.4) / 2
     data = [
-        go.Bar(x=[f"{v:g}" for v in values], y=bars, name=bar_label,
+        series("bar", x=[f"{v:g}" for v in values], y=bars, name=bar_label,
                marker={"color": [FIRED if i == now else RAN for i in range(len(values))]},
                hovertemplate=f"{knob_label} %{{x}}: %{{y:.1f}}<extra>{bar_label}</extra>"),
-        go.Scatter(x=[f"{v:g}" for v in values], y=accuracy, yaxis="y2", name="test accuracy (%)",
+        series("scatter", x=[f"{v:g}" for v in values], y=accuracy, yaxis="y2", name="test accuracy (%)",
                    mode="lines+markers", line={"color": EXIT}, hovertemplate="%{y:.2f}%<extra>test accuracy</extra>"),
     ]  # fmt: skip
     return make_figure(
@@ -566,7 +587,7 @@ def make_video_timeline(
     colours = [SKIPPED if r else RAN for r in reused]
     hover = [f"{t:.2f} s: reused the last result" if r else f"{t:.2f} s: {m:.1f} MFLOPs"
              for t, m, r in zip(times, mflops, reused, strict=True)]  # fmt: skip
-    fig.add_bar(x=list(times), y=[0 if r else m for m, r in zip(mflops, reused, strict=True)], marker_color=colours,
+    fig.add_bar(x=list(times), y=[0 if r else m for m, r in zip(mflops, reused, strict=True)], marker={"color": colours},
                 customdata=hover, hovertemplate="%{customdata}<extra></extra>", row=1, col=1)  # fmt: skip
     if any(reused):
         fig.add_scatter(x=[t for t, r in zip(times, reused, strict=True) if r], y=[0] * sum(reused), mode="markers",
@@ -596,9 +617,9 @@ def make_block_density(point: dict[str, Any], per_stage: int) -> go.Figure:
     mask grown by its 3x3 kernel, so it costs more than the mask's share)."""
     names = [block_label(i, per_stage) for i in range(len(point["block_density"]))]
     data = [
-        go.Bar(x=names, y=[100 * d for d in point["block_density"]], name="positions kept", marker_color=RAN,
+        series("bar", x=names, y=[100 * d for d in point["block_density"]], name="positions kept", marker={"color": RAN},
                hovertemplate="block %{x}: %{y:.1f}% of positions<extra></extra>"),
-        go.Bar(x=names, y=[100 * c for c in point["block_conv_share"]], name="conv FLOPs run", marker_color=EXIT,
+        series("bar", x=names, y=[100 * c for c in point["block_conv_share"]], name="conv FLOPs run", marker={"color": EXIT},
                hovertemplate="block %{x}: %{y:.1f}% of its conv FLOPs<extra></extra>"),
     ]  # fmt: skip
     return make_figure(data, height=320, margin={"l": 76, "t": 20, "b": 104}, showlegend=True, barmode="group",

@@ -15,7 +15,7 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
-from components.figures import RAN, SKIPPED, axis, make_block_path, make_exit_strip, make_figure
+from components.figures import RAN, SKIPPED, axis, make_block_path, make_exit_strip, make_figure, series
 from components.overlays import make_compute_count, make_heat_overlay, make_pruned_map, make_token_map
 from models.core import Trace
 
@@ -84,8 +84,8 @@ def make_unit_flops(trace: Trace) -> go.Figure:
     """Every unit's executed MFLOPs against what the static network spends there."""
     names = [u.name for u in trace.units]
     data = [
-        go.Bar(x=names, y=[u.full_flops / 1e6 for u in trace.units], name="static", marker_color=SKIPPED),
-        go.Bar(x=names, y=[u.flops / 1e6 for u in trace.units], name="executed", marker_color=RAN),
+        series("bar", x=names, y=[u.full_flops / 1e6 for u in trace.units], name="static", marker={"color": SKIPPED}),
+        series("bar", x=names, y=[u.flops / 1e6 for u in trace.units], name="executed", marker={"color": RAN}),
     ]
     return make_figure(data, height=280, margin={"l": 70, "t": 16, "b": 110}, showlegend=True, barmode="overlay",
                        legend={"orientation": "h", "y": -0.45}, yaxis=axis("MFLOPs"))  # fmt: skip

@@ -11,7 +11,7 @@ import plotly.io as pio
 import pytest
 
 from components import figures
-from components.figures import make_figure
+from components.figures import axis, colour_scale, make_figure, series
 
 DATA = [go.Bar(x=["exit 1", "exit 2"], y=[0.4, 0.9], marker={"color": ["#d62728", "#ff7f0e"]})]
 LAYOUT = {"xaxis": {"title": {"text": "exit"}}, "yaxis": {"range": [0, 1.05]}}
@@ -31,15 +31,25 @@ def test_a_chart_serialises_as_plain_plotly_does(monkeypatch, template):
         assert chart.layout.template.to_plotly_json() == {}
 
 
+HEAT = {"z": [[0.0, 1.0]]}
+
+
 @pytest.mark.parametrize(
-    ("layout", "error"),
-    [({"xaxis": {"titel": "exit"}}, "titel"),  # a misspelt property: plotly.js would ignore it
-     ({"xaxis": {"title": "exit"}}, "checks would change"),  # plotly.js 3 draws no title from a string
+    ("data", "layout", "error"),
+    [(DATA, {"xaxis": {"titel": "exit"}}, "titel"),  # a misspelt property: plotly.js would ignore it
+     (DATA, {"xaxis": {"title": "exit"}}, "checks would change"),  # plotly.js 3 draws no title from a string
+     ([series("heatmap", **HEAT, colorscale="Blues")], {}, "colorscale"),  # plotly.js's "Blues" has other colours
+     ([series("heatmap", **HEAT, colorbar={"title": "%"})], {}, "colorbar.title"),
      ],
 )  # fmt: skip
-def test_a_figure_plotly_would_reject_or_rewrite_fails_the_tests(monkeypatch, layout, error):
+def test_a_figure_plotly_would_reject_or_rewrite_fails_the_tests(monkeypatch, data, layout, error):
     assert figures.CHECK  # as in every test (tests/conftest.py)
     with pytest.raises(ValueError, match=error):
-        make_figure(DATA, height=300, **layout)
+        make_figure(data, height=300, **layout)
     monkeypatch.setattr(figures, "CHECK", False)  # the app builds it as written
-    assert make_figure(DATA, height=300, **layout).to_dict()["layout"]["xaxis"] == layout["xaxis"]
+    assert make_figure(data, height=300, **layout).to_dict()["layout"].get("xaxis") == layout.get("xaxis")
+
+
+def test_the_helpers_write_what_plotly_would():
+    heat = series("heatmap", **HEAT, colorscale=colour_scale("Viridis"), colorbar={"title": {"text": "%"}})
+    make_figure([heat], height=300, xaxis=axis("exit", dtick=1))  # CHECK: no error
