@@ -24,6 +24,8 @@ SKIPPED = "#d0d0d0"
 FIRED = "#d62728"
 EXIT = "#ff7f0e"
 STATIC = "#7f7f7f"
+# the accuracy curves' lines, one per model or knob: never the current point's red or the static grey
+CURVE_COLOURS = (RAN, EXIT, "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
 FONT = {"size": 13}
 # a heatmap with a class per row and a colour bar: room for "automobile" and the bar's labels
 CLASS_HEATMAP = {"l": 90, "r": 100, "b": 46}
@@ -249,11 +251,13 @@ def make_accuracy_curve(
         budget: mean MFLOPs to mark with a vertical line (Compare's budget).
     """
     data = []
+    line_of = {name: CURVE_COLOURS[i % len(CURVE_COLOURS)] for i, name in enumerate(curves)}
     for name, curve in curves.items():
         pts = sorted(curve["points"], key=lambda p: p["mflops"])
         data.append(
             series("scatter",
                 x=[p["mflops"] for p in pts], y=[100 * p["accuracy"] for p in pts], mode="lines", name=name,
+                line={"color": line_of[name]},
                 customdata=[p["value"] for p in pts],
                 hovertemplate=curve.get("value_label", "threshold") + " %{customdata:.2f}<br>%{x:.1f} MFLOPs, "
                 "%{y:.2f}%<extra>" + name + "</extra>",
@@ -274,7 +278,8 @@ def make_accuracy_curve(
                 )
             )  # fmt: skip
     # several current points (Compare) often sit close together: their labels take turns around
-    # them, and each has its own star shape, so that the legend tells them apart too
+    # them, and each has its own star shape, so that the legend tells them apart too; a current
+    # point named after a curve (Tokens: one setting per curve) takes the curve's colour
     positions = ("top left", "bottom right", "top right", "bottom left")
     symbols = ("star", "star-diamond", "star-triangle-up", "star-square")
     current = current or {}
@@ -284,7 +289,8 @@ def make_accuracy_curve(
                 x=[mflops], y=[100 * acc], mode="markers+text" if label_current else "markers",
                 name=f"{name} — now" if len(current) > 1 else "now",  # one: its curve is the only line
                 text=[name], textposition=positions[i % len(positions)], cliponaxis=False,
-                marker={"symbol": symbols[i % len(symbols)], "size": 18, "color": FIRED,
+                marker={"symbol": symbols[i % len(symbols)], "size": 18,
+                        "color": line_of.get(name, FIRED) if len(current) > 1 else FIRED,
                         "line": {"width": 1, "color": "black"}},
                 hovertemplate="current setting<br>%{x:.1f} MFLOPs, %{y:.2f}%<extra></extra>",
             )

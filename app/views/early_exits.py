@@ -79,7 +79,8 @@ def render_dataset_panel(table: dict[str, Any], knobs: dict[str, Any], classes: 
         curve = {name: {"points": points, "static": static, "static_name": "static: one exit always"}}
         fig = make_accuracy_curve(curve, current={name: (point["mflops"], point["accuracy"])})
         st.plotly_chart(fig, key="ee_curve")
-        st.caption("Line: the dynamic policy over all thresholds. Squares: always stopping at one exit (static).")
+        st.caption("Where the line runs above a square, stopping when confident is more accurate than always "
+                   "stopping at that exit, for the same mean compute.")  # fmt: skip
     with right:
         st.plotly_chart(make_exit_share(point), key="ee_share")
         st.caption("Where the test images leave the network at this threshold.")

@@ -53,3 +53,20 @@ def test_a_figure_plotly_would_reject_or_rewrite_fails_the_tests(monkeypatch, da
 def test_the_helpers_write_what_plotly_would():
     heat = series("heatmap", **HEAT, colorscale=colour_scale("Viridis"), colorbar={"title": {"text": "%"}})
     make_figure([heat], height=300, xaxis=axis("exit", dtick=1))  # CHECK: no error
+
+
+def test_each_curves_current_point_takes_the_curves_colour():
+    from components.figures import FIRED, STATIC, make_accuracy_curve
+
+    def curve(acc):
+        return {"points": [{"mflops": m, "accuracy": acc, "value": v} for m, v in ((50, 0.3), (100, 0.9))]}
+
+    curves = {"prune": curve(0.8), "merge": curve(0.79)}
+    both = make_accuracy_curve(curves, current={"prune": (100, 0.8), "merge": (50, 0.79)}).to_dict()["data"]
+    lines, stars = both[:2], both[2:]
+    assert [s["marker"]["color"] for s in stars] == [ln["line"]["color"] for ln in lines]
+    assert len({ln["line"]["color"] for ln in lines} | {FIRED, STATIC}) == 4  # two colours, neither red nor grey
+    one = make_accuracy_curve(curves, current={"prune": (100, 0.8)}).to_dict()["data"]
+    assert one[-1]["marker"]["color"] == FIRED and one[-1]["name"] == "now"  # a single current point: red
+    compare = make_accuracy_curve(curves, current={"#1": (100, 0.8), "#2": (50, 0.79)}).to_dict()["data"]
+    assert [s["marker"]["color"] for s in compare[2:]] == [FIRED, FIRED]  # configurations: red, labelled
