@@ -33,6 +33,7 @@ def compare_key(i: int, what: str) -> str:
 
 
 VIDEO_UPLOAD = "video:upload"
+VIDEO_SAMPLE = "video:sample"  # use the sample clip while no video is uploaded
 VIDEO_SPREAD = "video:spread"  # sample across the whole video, not from its start at a rate
 VIDEO_FPS = "video:fps"
 VIDEO_MAX_FRAMES = "video:max_frames"
@@ -51,7 +52,8 @@ def video_settings_drawn(model: str) -> tuple[str, ...]:
     """The Video page's keys (and key prefixes) whose widgets a run draws above the frame
     scrubber when ``model`` is chosen: :func:`keep_settings` must skip them in the scrubber's
     fragment, and only them (another model's knobs are not drawn and must be kept)."""
-    return (VIDEO_SPREAD, VIDEO_FPS, VIDEO_MAX_FRAMES, VIDEO_MODEL, VIDEO_REUSE, video_knob_key(model, ""))
+    return (VIDEO_SAMPLE, VIDEO_SPREAD, VIDEO_FPS, VIDEO_MAX_FRAMES, VIDEO_MODEL, VIDEO_REUSE,
+            video_knob_key(model, ""))  # fmt: skip
 
 
 ATTRIBUTION_MODEL = "attribution:model"  # which model the attribution panel explains

@@ -367,3 +367,39 @@ def run_frames(
         if progress is not None:
             progress((i + 1) / len(thumbnails))
     return results
+
+
+def make_sample_clip(
+    photos: Sequence[np.ndarray], *, size: tuple[int, int] = (320, 240), fps: int = 10, still_s: float = 1.0,
+    zoom_s: float = 2.0, zoom: float = 0.5,
+) -> bytes:  # fmt: skip
+    """A clip made from still photos, to try the Video page without a video of one's own: each
+    photo, cropped to the clip's shape, is held still for ``still_s`` seconds (frames the reuse
+    knob can skip), then zoomed into its centre over ``zoom_s`` seconds down to ``zoom`` of its
+    width (every frame changes), then the clip cuts to the next photo. Encoded like a phone's
+    upload would be (MPEG-4 part 2 in an mp4, with PyAV), and read back through the same
+    :func:`read_frames`."""
+    width, height = size
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.bit_rate = 2_000_000  # enough that a held photo stays sharp and still
+        index = 0
+        for photo in photos:
+            image = Image.fromarray(photo).convert("RGB")
+            w, h = image.size
+            scale = min(w / width, h / height)  # the largest box of the clip's shape inside the photo
+            cx, cy, bw, bh = w / 2, h / 2, width * scale, height * scale
+            still, moving = round(still_s * fps), round(zoom_s * fps)
+            for i in range(still + moving):
+                f = 1.0 - (1.0 - zoom) * max(0, i - still + 1) / moving  # 1 while still, down to ``zoom``
+                box = (cx - f * bw / 2, cy - f * bh / 2, cx + f * bw / 2, cy + f * bh / 2)
+                frame = av.VideoFrame.from_image(image.resize(size, Image.Resampling.BILINEAR, box=box))
+                frame.pts = index
+                index += 1
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()

@@ -12,12 +12,13 @@ import torch
 from PIL import Image
 
 from app import state
+from app.inputs import example_array
 from app.models_cache import load_model, use_inference_threads
 from components.figures import make_video_timeline
 from components.images import square_thumbnail, to_model_input
 from components.pictures import decision_of, mechanism_picture
 from components.render import current_index, current_value, render_knobs
-from components.video import EXTENSIONS, FrameResult, Video, VideoError, read_frames, run_frames
+from components.video import EXTENSIONS, FrameResult, Video, VideoError, make_sample_clip, read_frames, run_frames
 from models import available, model_class
 
 MAP_SIDE = 192
@@ -26,10 +27,22 @@ SAMPLING_HELP = (
     "From the start: frames at a fixed rate until the maximum is reached. Across the whole video: the maximum number "
     "of frames, evenly spaced from start to end; the reader seeks past the frames in between instead of decoding them."
 )
+SAMPLE_NAME = "sample clip"
+SAMPLE_HELP = (
+    "6 seconds made from two of the example photos: each held still for a second, then slowly zoomed into, then a "
+    "cut. The still seconds are frames the reuse knob can skip; the zooms change every frame."
+)
 REUSE_HELP = (
     "Reuse the last computed frame's result while this frame's model input (the 32x32 thumbnail) differs from "
     "it by less than this mean absolute pixel change (0 to 1). 0 runs the model on every frame."
 )
+
+
+@st.cache_resource(show_spinner=False)
+def sample_clip() -> bytes:
+    """The sample clip (:func:`components.video.make_sample_clip`), made once per process from
+    the sidebar's example photos of a cat and a coffee cup: the page works with no video at all."""
+    return make_sample_clip([example_array("chelsea"), example_array("coffee")])
 
 
 def decoded(data: bytes, fps: float, max_frames: int, spread: bool) -> Video:
@@ -158,12 +171,15 @@ def render_scrubbed(video: Video, results: list[FrameResult], name: str) -> None
 
 
 def render_video() -> None:
-    st.sidebar.caption("This page runs on the video uploaded on it; the image input above is for the other pages.")
+    st.sidebar.caption("This page runs on the video uploaded on it, or on its sample clip; the image input above is "
+                       "for the other pages.")  # fmt: skip
     st.title("Video")
     st.caption("Any model, frame by frame: what it decided over time, and the compute a video's redundancy can save.")
     file = st.file_uploader("Video", type=list(EXTENSIONS), key=state.VIDEO_UPLOAD,
                             help="mp4, webm, mov, mkv, avi or an animated gif; decoded with PyAV (FFmpeg).")  # fmt: skip
     kept = current_value  # the page's settings are kept between pages (app.state.keep_settings)
+    sample = st.toggle("No video at hand? Use the sample clip", kept(state.VIDEO_SAMPLE, False), key=state.VIDEO_SAMPLE,
+                       help=SAMPLE_HELP, disabled=file is not None)  # fmt: skip
     sampling = current_index(state.VIDEO_SPREAD, SAMPLING, SAMPLING[0])
     spread = st.radio("Sample", SAMPLING, index=sampling, horizontal=True, key=state.VIDEO_SPREAD,
                       help=SAMPLING_HELP) == SAMPLING[1]  # fmt: skip
@@ -173,16 +189,16 @@ def render_video() -> None:
     max_frames = b.slider("Maximum frames", 5, 300, kept(state.VIDEO_MAX_FRAMES, 60), step=5, key=state.VIDEO_MAX_FRAMES,
                           help="From the start: a longer video is sampled up to this many frames. Across the whole "
                           "video: this many frames, evenly spaced.")  # fmt: skip
-    if file is None:
+    if file is None and not sample:
         for key in (state.VIDEO_DECODED, state.VIDEO_RESULTS):  # up to 300 frames: not kept for nothing
             st.session_state.pop(key, None)
-        st.info("Upload a video to run a model on its frames.")
+        st.info("Upload a video to run a model on its frames, or use the sample clip.")
         return
-    data = file.getvalue()
+    clip, data = (file.name, file.getvalue()) if file is not None else (SAMPLE_NAME, sample_clip())
     try:
         video = decoded(data, fps, max_frames, spread)
     except VideoError as err:
-        st.error(f"{file.name}: {err}")
+        st.error(f"{clip}: {err}")
         return
     length = f"{video.duration_s:.1f} s" if video.duration_s else "unknown length"
     frames = video.frames
@@ -191,7 +207,7 @@ def render_video() -> None:
         gap = (frames[-1].time_s - frames[0].time_s) / (len(frames) - 1) if len(frames) > 1 else None
         how = "across the whole video" if gap is None else f"one every {gap:.2f} s across the whole video"
     count = f"{len(frames)} frame{'s' * (len(frames) != 1)}"
-    st.caption(f"{file.name}: {video.width}x{video.height}, {video.codec}, {length}; {count} "
+    st.caption(f"{clip}: {video.width}x{video.height}, {video.codec}, {length}; {count} "
                f"sampled {how} ({video.decoded} decoded to find them).")  # fmt: skip
     for note in video.notes:
         st.warning(note)

@@ -521,6 +521,20 @@ def test_video_page_samples_runs_and_reuses(photos):
     assert not at.exception and metric(at, "Prediction")
 
 
+def test_video_page_runs_the_sample_clip_without_a_video():
+    """With nothing uploaded, the sample clip (two example photos, 6 s) runs like an upload: its
+    still seconds are reused frames. An upload takes its place, and the toggle waits."""
+    at = open_page(VIDEO)
+    at.toggle(key="video:sample").set_value(True).run()
+    assert not at.exception and not at.error
+    assert metric(at, "Frames sampled") == "12" and metric(at, "Model runs") == "12"  # 2 per second
+    assert any(c.value.startswith("sample clip: 320x240, mpeg4, 6.0 s; 12 frames") for c in at.caption)
+    at.slider(key="video:reuse").set_value(0.01).run()
+    assert 6 <= int(metric(at, "Model runs")) < 12  # the held photo's frames are reused, the zooms are not
+    at.get("file_uploader")[0].set_value(("clip.mp4", make_video(seconds=2.0), "video/mp4")).run()
+    assert metric(at, "Frames sampled") == "4" and at.toggle(key="video:sample").disabled
+
+
 def test_video_page_samples_across_the_whole_video():
     at = open_page(VIDEO)
     at.get("file_uploader")[0].set_value(("long.mp4", make_video(seconds=12.0, gop=10), "video/mp4")).run()

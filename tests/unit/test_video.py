@@ -316,3 +316,19 @@ def test_a_pixel_format_ffmpeg_cannot_convert_gets_a_message():
     data = encode_frames("nut", "rawvideo", "bgr4", [av.VideoFrame(16, 16, "bgr4") for _ in range(3)])
     with pytest.raises(VideoError, match=r"cannot convert this video's pixel format \(bgr4\)"):
         read_frames(data, fps=2.0, max_frames=3)
+
+
+def test_the_sample_clip_holds_each_photo_still_then_zooms_then_cuts():
+    """Two photos of other shapes than the clip's (portrait, wide): 3 s each at 10 fps. The held
+    second barely changes (the reuse knob's frames), every zoom frame changes, the cut most."""
+    rng = np.random.default_rng(0)
+    blocks = np.ones((4, 4, 1), np.uint8)  # noise in 4x4-pixel blocks: 300x200 and 120x400 pixels
+    photos = [np.kron(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), blocks) for h, w in ((75, 50), (30, 100))]
+    video = read_frames(video_module.make_sample_clip(photos), fps=10, max_frames=100)
+    assert (video.width, video.height, video.codec, len(video.frames)) == (320, 240, "mpeg4", 60)
+    thumbs = [np.asarray(f.image.resize((32, 32))) for f in video.frames]
+    changes = [frame_change(a, b) for a, b in zip(thumbs[1:], thumbs, strict=False)]  # change into frame i + 1
+    for start in (0, 30):  # each photo: 10 still frames, 20 zooming, then the cut
+        assert max(changes[start : start + 9]) < 0.005
+        assert min(changes[start + 9 : start + 29]) > 0.005
+    assert changes[29] > max(changes[:29] + changes[30:])
