@@ -222,3 +222,20 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     out = out.gather(3, cols)
     flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
     return torch.where(flip.view(b, 1, 1, 1), out.flip(3), out)
+
+
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Cutout (DeVries & Taylor, 2017, arXiv:1708.04552): a ``size`` x ``size`` square at a
+    random centre of each image of a normalised batch ``(B, 3, H, W)`` set to 0, the dataset's
+    mean; squares at the border are clipped, as in the paper. ``size`` 0 returns the batch. The
+    draws come from ``generator`` (a CPU one), as in :func:`augment`."""
+    if size <= 0:
+        return x
+    b, _, h, w = x.shape
+    top = torch.randint(0, h, (b, 1), generator=generator).to(x.device) - size // 2
+    left = torch.randint(0, w, (b, 1), generator=generator).to(x.device) - size // 2
+    rows = torch.arange(h, device=x.device)
+    cols = torch.arange(w, device=x.device)
+    in_rows = (rows >= top) & (rows < top + size)  # (B, H)
+    in_cols = (cols >= left) & (cols < left + size)  # (B, W)
+    return x.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0.0)

@@ -19,9 +19,11 @@ from models.train import main, parse_args, recorded_command
 def test_a_short_run_writes_weights_and_a_complete_card(cifar_path, tmp_path):
     init = models.model_class("early_exit")().card.weights
     main(["--model", "block_skip", "--data", str(cifar_path), "--epochs", "1", "--limit", "64",
-          "--batch-size", "32", "--out", str(tmp_path), "--init", str(init), "--loss", "target_rate=0.6"])  # fmt: skip
+          "--batch-size", "32", "--out", str(tmp_path), "--init", str(init), "--loss", "target_rate=0.6",
+          "--cutout", "8"])  # fmt: skip
     card = json.loads((tmp_path / "block_skip.json").read_text())
     assert card["training"]["loss"] == {"target_rate": 0.6, "rate_weight": 2.0, "all_on_share": 0.25}
+    assert card["training"]["augmentation"] == "random crop (4-pixel reflect padding), flip, cutout 8"
     assert card["initialised_from"]["sha256"] == sha256(init)
     assert "gates.0" in card["new_modules_at_init"] and "stem" not in card["new_modules_at_init"]
     assert set(card["val_accuracy"]) == {"all_blocks", "threshold_0.5"}
@@ -111,7 +113,7 @@ def test_a_resumed_run_reports_the_start_it_really_had(cifar_path, tmp_path):
 
 
 @pytest.mark.dataset
-@pytest.mark.parametrize("change", [["--epochs", "3"], ["--lr", "0.05"], "data"])
+@pytest.mark.parametrize("change", [["--epochs", "3"], ["--lr", "0.05"], ["--cutout", "8"], "data"])
 def test_a_checkpoint_of_another_schedule_or_data_is_refused(cifar_path, tmp_path, change):
     run = ["--model", "early_exit", "--data", str(cifar_path), "--epochs", "2", "--limit", "32", "--batch-size", "32",
            "--out", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "ckpt"), "--stop-after", "1"]  # fmt: skip

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models.data import CLASSES, augment, load_split, to_tensor
+from models.data import CLASSES, augment, cutout, load_split, to_tensor
 from tests.conftest import encode
 
 PER_CLASS = {"train": 20, "test": 3}
@@ -85,6 +85,23 @@ def test_to_tensor_and_augment_shapes():
     assert out.shape == x.shape
     # a crop of a reflect-padded image only contains values of the original
     assert set(out[0].unique().tolist()) <= set(x[0].unique().tolist())
+
+
+def test_cutout_blanks_one_clipped_square_per_image_in_every_channel():
+    x = torch.ones(64, 3, 32, 32)
+    assert cutout(x, 0, torch.Generator().manual_seed(0)) is x
+    out = cutout(x, 16, torch.Generator().manual_seed(0))
+    assert torch.equal(out, cutout(x, 16, torch.Generator().manual_seed(0)))  # the generator decides
+    assert torch.equal(x, torch.ones_like(x))  # the batch itself is left alone
+    holes = out == 0
+    assert torch.equal(holes, holes[:, :1].expand_as(holes))  # the same square in all channels
+    rows, cols = holes[:, 0].any(2), holes[:, 0].any(1)  # (B, H), (B, W)
+    # a rectangle: every pixel of its rows and columns is blanked, nothing else
+    assert torch.equal(holes[:, 0], rows[:, :, None] & cols[:, None, :])
+    # 16 pixels a side, clipped at the border to no less than half
+    for extent in (rows.sum(1), cols.sum(1)):
+        assert extent.min() >= 8 and extent.max() == 16
+    assert len({tuple(r.nonzero()[:, 0].tolist()) for r in rows}) > 16  # squares land all over
 
 
 def test_debris_and_lookalike_folders_are_ignored(tiny_sources, tmp_path):
