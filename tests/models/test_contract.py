@@ -218,16 +218,36 @@ def test_real_path_and_instant_path_decide_alike(model, test_batch):
             assert real.flops == instant.flops and real.prediction == instant.prediction
 
 
+def test_the_test_sets_mean_cost_is_monotone_in_the_cost_knob(model):
+    """What the pages' curves and Compare's budget matching rely on: over the 10,000 test
+    images, moving the cost knob one way never raises the mean compute (the static network's
+    setting aside: it computes no decisions, e.g. no early exits, and can cost less)."""
+    table = json.loads((EVAL_DIR / f"{model.name}.json").read_text())
+    curves = [c for c in model.curves(table) if c.knob == model.cost_knob]
+    assert curves
+    static = model.static_knobs[model.cost_knob]
+    for curve in curves:
+        points = sorted((p for p in curve.points if p["value"] != static), key=lambda p: p["value"])
+        costs = [p["mflops"] for p in points]
+        assert (np.diff(costs) * model.cost_direction >= 0).all(), (curve.label, costs)
+        assert costs[0] != costs[-1], "the cost knob must change the cost"
+
+
 @pytest.mark.dataset
-def test_cost_is_monotone_in_the_cost_knob(model, test_batch):
+def test_cost_follows_the_cost_knob_at_batch_size_1(model, test_batch):
+    """The same at batch size 1 on 50 images, where decisions that feed later ones (a skipped
+    block changes what the next gate sees) may reverse a step: at most one unit on one image
+    per step, which the shipped gated network does on 2 of these 50 images."""
     x, _ = test_batch
+    n = 50
     cost = next(k for k in model.knobs if k.key == model.cost_knob)
     values = [float(v) for v in np.linspace(cost.lo, cost.hi, 21) if v != model.static_knobs[cost.key]]
-    by_value = {v: np.mean([model.trace(x[i : i + 1], **{cost.key: v}).flops for i in range(50)]) for v in values}
-    costs = [by_value[v] for v in sorted(by_value)]
+    by_value = {v: [model.trace(x[i : i + 1], **{cost.key: v}) for i in range(n)] for v in values}
+    costs = [np.mean([t.flops for t in by_value[v]]) for v in sorted(by_value)]
+    one_unit = max(u.full_flops for u in by_value[values[0]][0].units if u.kind != "layer") / n  # on one image
     steps = np.diff(costs) * model.cost_direction
-    assert (steps >= 0).all(), costs
-    assert costs[0] != costs[-1], "the cost knob must change the cost"
+    assert (steps >= -one_unit - 1e-6).all(), costs
+    assert costs[0] * model.cost_direction < costs[-1] * model.cost_direction, "the cost knob must change the cost"
 
 
 @pytest.mark.dataset
