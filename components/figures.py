@@ -566,7 +566,8 @@ def make_knob_sweep(
                    mode="lines+markers", line={"color": EXIT}, hovertemplate="%{y:.2f}%<extra>test accuracy</extra>"),
     ]  # fmt: skip
     return make_figure(
-        data, height=300, margin={"l": 76, "r": 96, "b": 100}, showlegend=True, legend={"orientation": "h", "y": -0.3},
+        # t: a tick of the accuracy axis may fall on its range's top, half a label above the plot
+        data, height=300, margin={"l": 76, "r": 96, "t": 20, "b": 100}, showlegend=True, legend={"orientation": "h", "y": -0.3},
         xaxis=axis(knob_label, type="category"), yaxis=axis(bar_label, rangemode="tozero"),
         yaxis2=axis("test accuracy (%)", overlaying="y", side="right", showgrid=False,
                     range=[middle - half, middle + half], tickmode="auto", nticks=5, tickformat=".1f"),
