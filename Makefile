@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.run-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: run test lint bench evaluate train-gpu clean
+.PHONY: run test lint bench evaluate train-gpu finetune-gpu clean
 
 $(RUN_STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,9 +35,10 @@ evaluate: $(RUN_STAMP)
 		$(PY) -m models.evaluate --model $$model --write || exit 1; \
 	done
 
-# The shipped weights: the four models trained side by side on one GPU (an H200), each for as
-# many epochs as fit TIME_BUDGET seconds (models.train --time-budget); then `make evaluate`.
-# Reads CIFAR-10 from DYNN_CIFAR10 (or DATA=...), writes assets/weights/, logs to checkpoints/.
+# The shipped weights, in two GPU runs; `make evaluate` after each. Both read CIFAR-10 from
+# DYNN_CIFAR10 (or DATA=...), write assets/weights/ and log to checkpoints/.
+# train-gpu: the four models from scratch, side by side on one GPU (an H200), each for as many
+# epochs as fit TIME_BUDGET seconds (models.train --time-budget).
 TIME_BUDGET ?= 520
 DATA ?= $(DYNN_CIFAR10)
 GPU_RUN = $(PY) -m models.train --model $(1) --data $(DATA) --device cuda --time-budget $(TIME_BUDGET) --epochs 200
@@ -49,6 +50,22 @@ train-gpu: $(RUN_STAMP)
 	$(call GPU_RUN,pixel_mask) >checkpoints/pixel_mask.log 2>&1 & c=$$!; \
 	$(call GPU_RUN,vit_tokens) --batch-size 256 --optimizer adamw --lr 1.5e-3 --weight-decay 0.05 --warmup 0.1 \
 		>checkpoints/vit_tokens.log 2>&1 & d=$$!; \
+	failed=0; for p in $$a $$b $$c $$d; do wait $$p || failed=1; done; exit $$failed
+
+# finetune-gpu: each model then from its own train-gpu weights (--init), again side by side
+# (an H100), for FINETUNE_BUDGET seconds with Cutout and a lower peak learning rate.
+FINETUNE_BUDGET ?= 440
+FINETUNE_RUN = $(PY) -m models.train --model $(1) --data $(DATA) --device cuda --time-budget $(FINETUNE_BUDGET) \
+	--epochs 300 --init assets/weights/$(1).safetensors --init-card assets/weights/$(1).json
+
+finetune-gpu: $(RUN_STAMP)
+	mkdir -p checkpoints
+	$(call FINETUNE_RUN,early_exit) --loss exit_weight=0.5 --cutout 16 --lr 0.1 --warmup 0.05 \
+		>checkpoints/early_exit-finetune.log 2>&1 & a=$$!; \
+	$(call FINETUNE_RUN,block_skip) --cutout 16 --lr 0.1 --warmup 0.05 >checkpoints/block_skip-finetune.log 2>&1 & b=$$!; \
+	$(call FINETUNE_RUN,pixel_mask) --cutout 16 --lr 0.05 --warmup 0.05 >checkpoints/pixel_mask-finetune.log 2>&1 & c=$$!; \
+	$(call FINETUNE_RUN,vit_tokens) --batch-size 512 --optimizer adamw --lr 1e-3 --weight-decay 0.05 --warmup 0.05 \
+		>checkpoints/vit_tokens-finetune.log 2>&1 & d=$$!; \
 	failed=0; for p in $$a $$b $$c $$d; do wait $$p || failed=1; done; exit $$failed
 
 clean:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -33,10 +34,18 @@ def readme_train_commands() -> list[list[str]]:
     return [recipe(line.split("#")[0]) for line in lines]
 
 
+def lineage(card: Path) -> list[str]:
+    """A shipped card's training commands, first run first: the run its weights started from
+    (``initialised_from``, whose training the card keeps), then its own."""
+    data = json.loads(card.read_text())
+    start = data["initialised_from"] and data["initialised_from"]["training"]
+    return [start["command"]] * bool(start) + [data["training"]["command"]]
+
+
 @pytest.mark.parametrize("card", sorted(WEIGHTS_DIR.glob("*.json")), ids=lambda p: p.stem)
-def test_the_readme_gives_the_command_each_shipped_model_was_trained_with(card):
-    command = json.loads(card.read_text())["training"]["command"]
-    assert recipe(command) in readme_train_commands(), command
+def test_the_readme_gives_the_commands_each_shipped_model_was_trained_with(card):
+    for command in lineage(card):
+        assert recipe(command) in readme_train_commands(), command
 
 
 @pytest.mark.parametrize("card", sorted(WEIGHTS_DIR.glob("*.json")), ids=lambda p: p.stem)
@@ -47,14 +56,18 @@ def test_the_readme_reports_each_shipped_models_test_accuracy(card):
     assert f"{100 * accuracy:.2f} % top-1" in (ROOT / "README.md").read_text(), card.stem
 
 
-def test_make_train_gpu_runs_the_shipped_cards_recipes():
-    """`make train-gpu` is how the shipped weights were made: its commands are the cards'."""
+def make_recipes(target: str) -> list[list[str]]:
     import subprocess
 
-    dry = subprocess.run(["make", "-n", "train-gpu", "DATA=PATH"], cwd=ROOT, capture_output=True, text=True, check=True)
+    dry = subprocess.run(["make", "-n", target, "DATA=PATH"], cwd=ROOT, capture_output=True, text=True, check=True)
     text = dry.stdout.replace("\\\n", " ")
-    made = [recipe(part.split(">")[0]) for part in text.split("&") if "models.train" in part]
-    shipped = [
-        recipe(json.loads(card.read_text())["training"]["command"]) for card in sorted(WEIGHTS_DIR.glob("*.json"))
-    ]
-    assert sorted(made) == sorted(shipped)
+    return sorted(recipe(part.split(">")[0]) for part in text.split("&") if "models.train" in part)
+
+
+def test_make_train_gpu_and_finetune_gpu_run_the_shipped_cards_recipes():
+    """The shipped weights were made by `make train-gpu` (from scratch), then `make finetune-gpu`
+    (from those weights): their commands are the cards' lineage, run by run."""
+    runs = [lineage(card) for card in sorted(WEIGHTS_DIR.glob("*.json"))]
+    assert all(len(commands) == 2 for commands in runs)
+    assert make_recipes("train-gpu") == sorted(recipe(commands[0]) for commands in runs)
+    assert make_recipes("finetune-gpu") == sorted(recipe(commands[1]) for commands in runs)
