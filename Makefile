@@ -41,7 +41,9 @@ evaluate: $(RUN_STAMP)
 # epochs as fit TIME_BUDGET seconds (models.train --time-budget).
 TIME_BUDGET ?= 520
 DATA ?= $(DYNN_CIFAR10)
-GPU_RUN = $(PY) -m models.train --model $(1) --data $(DATA) --device cuda --time-budget $(TIME_BUDGET) --epochs 200
+# one model on the GPU: $(1) model, $(2) seconds of wall time, $(3) epochs at most
+GPU_TRAIN = $(PY) -m models.train --model $(1) --data $(DATA) --device cuda --time-budget $(2) --epochs $(3)
+GPU_RUN = $(call GPU_TRAIN,$(1),$(TIME_BUDGET),200)
 
 train-gpu: $(RUN_STAMP)
 	mkdir -p checkpoints
@@ -55,8 +57,8 @@ train-gpu: $(RUN_STAMP)
 # finetune-gpu: each model then from its own train-gpu weights (--init), again side by side
 # (an H100), for FINETUNE_BUDGET seconds with Cutout and a lower peak learning rate.
 FINETUNE_BUDGET ?= 440
-FINETUNE_RUN = $(PY) -m models.train --model $(1) --data $(DATA) --device cuda --time-budget $(FINETUNE_BUDGET) \
-	--epochs 300 --init assets/weights/$(1).safetensors --init-card assets/weights/$(1).json
+FINETUNE_RUN = $(call GPU_TRAIN,$(1),$(FINETUNE_BUDGET),300) --init assets/weights/$(1).safetensors \
+	--init-card assets/weights/$(1).json
 
 finetune-gpu: $(RUN_STAMP)
 	mkdir -p checkpoints
