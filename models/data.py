@@ -239,3 +239,34 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tens
     in_rows = (rows >= top) & (rows < top + size)  # (B, H)
     in_cols = (cols >= left) & (cols < left + size)  # (B, W)
     return x.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0.0)
+
+
+def mix(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix (Yun et al., 2019, arXiv:1905.04899) or MixUp (Zhang et al., 2018,
+    arXiv:1710.09412), one of the two per batch, each image paired with its neighbour in the
+    batch, the mixing ratio drawn from Beta(1, 1) as both papers do on CIFAR: torchvision's
+    ``v2.CutMix`` and ``v2.MixUp``. Returns the mixed batch and soft labels ``(B, C)``, which
+    ``F.cross_entropy`` takes as class probabilities. The draws come from torch's global CPU
+    generator (seeded by the run, saved in its checkpoints), so a run is the same on any device."""
+    from torchvision.transforms import v2
+
+    mixer = v2.RandomChoice(
+        [v2.CutMix(num_classes=num_classes, alpha=1.0), v2.MixUp(num_classes=num_classes, alpha=1.0)]
+    )
+    return mixer(x, y)
+
+
+def auto_augment(x: torch.Tensor, mean: tuple, std: tuple, chunk: int = 64) -> torch.Tensor:
+    """AutoAugment's CIFAR-10 policy (Cubuk et al., 2019, arXiv:1805.09501), torchvision's
+    ``v2.AutoAugment``, on a normalised batch ``(B, 3, H, W)``. One call draws one sub-policy
+    for all the images it gets, so the batch goes in chunks of ``chunk`` images, each with its
+    own draw; images are brought to [0, 1] for it and normalised back. Draws come from torch's
+    global CPU generator, as in :func:`mix`."""
+    from torchvision.transforms import v2
+
+    policy = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    images = (x * s + m).clamp(0, 1)
+    out = torch.cat([policy(part) for part in images.split(chunk)])
+    return (out - m) / s

@@ -32,6 +32,28 @@ def test_a_short_run_writes_weights_and_a_complete_card(cifar_path, tmp_path):
     assert set(load_file(str(tmp_path / "block_skip.safetensors"))) == set(fresh.state_dict())
 
 
+@pytest.mark.dataset
+def test_a_card_keeps_its_whole_lineage_and_names_its_augmentation(cifar_path, tmp_path):
+    """Three runs, each from the last one's weights and card: the third card holds the second's
+    training and, nested, the first's, down to a run from scratch."""
+    base = ["--model", "early_exit", "--data", str(cifar_path), "--epochs", "1", "--limit", "32", "--batch-size", "32"]
+    extra = {"a": ["--autoaugment", "--mix"], "b": ["--cutout", "8", "--mix"], "c": []}
+    for run, before in zip("abc", [None, "a", "b"], strict=True):
+        start = [] if before is None else ["--init", str(tmp_path / before / "early_exit.safetensors"),
+                                           "--init-card", str(tmp_path / before / "early_exit.json")]  # fmt: skip
+        main([*base, "--out", str(tmp_path / run), *start, *extra[run]])
+    cards = {run: json.loads((tmp_path / run / "early_exit.json").read_text()) for run in "abc"}
+    assert cards["a"]["training"]["augmentation"] == (
+        "random crop (4-pixel reflect padding), flip, AutoAugment (CIFAR-10 policy), CutMix or MixUp"
+    )
+    assert cards["b"]["training"]["augmentation"].endswith("flip, cutout 8, CutMix or MixUp")
+    lineage = cards["c"]["initialised_from"]
+    assert lineage["sha256"] == sha256(tmp_path / "b" / "early_exit.safetensors")
+    assert lineage["training"] == cards["b"]["training"]
+    assert lineage["initialised_from"]["training"] == cards["a"]["training"]
+    assert lineage["initialised_from"]["initialised_from"] is None and cards["a"]["initialised_from"] is None
+
+
 def test_a_limited_run_may_not_replace_the_shipped_weights():
     with pytest.raises(SystemExit):
         main(["--model", "block_skip", "--epochs", "1", "--limit", "10"])
@@ -78,8 +100,9 @@ def test_a_run_in_pieces_ends_with_the_weights_of_one_uninterrupted_run(cifar_pa
     two sessions of a CPU-only machine) restores the optimizer, the step and both random
     generators, so the weights are bit for bit those of one run (at the same thread count);
     nothing is written early, and the card's command is the recipe, not how it was split."""
+    # with AutoAugment and mixing, whose draws (torch's generator) must resume too
     run = ["--model", "early_exit", "--data", str(cifar_path), "--epochs", "2", "--limit", "64", "--batch-size", "32",
-           "--threads", "1"]  # fmt: skip
+           "--threads", "1", "--autoaugment", "--mix"]  # fmt: skip
     main([*run, "--out", str(tmp_path / "whole")])
     ckpt = tmp_path / "ckpt"
     pieces = [*run, "--out", str(tmp_path / "whole"), "--checkpoint", str(ckpt)]
@@ -113,7 +136,9 @@ def test_a_resumed_run_reports_the_start_it_really_had(cifar_path, tmp_path):
 
 
 @pytest.mark.dataset
-@pytest.mark.parametrize("change", [["--epochs", "3"], ["--lr", "0.05"], ["--cutout", "8"], "data"])
+@pytest.mark.parametrize(
+    "change", [["--epochs", "3"], ["--lr", "0.05"], ["--cutout", "8"], ["--mix"], ["--autoaugment"], "data"]
+)
 def test_a_checkpoint_of_another_schedule_or_data_is_refused(cifar_path, tmp_path, change):
     run = ["--model", "early_exit", "--data", str(cifar_path), "--epochs", "2", "--limit", "32", "--batch-size", "32",
            "--out", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "ckpt"), "--stop-after", "1"]  # fmt: skip

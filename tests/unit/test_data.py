@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models.data import CLASSES, augment, cutout, load_split, to_tensor
+from models.data import CLASSES, augment, auto_augment, cutout, load_split, mix, to_tensor
 from tests.conftest import encode
 
 PER_CLASS = {"train": 20, "test": 3}
@@ -102,6 +102,50 @@ def test_cutout_blanks_one_clipped_square_per_image_in_every_channel():
     for extent in (rows.sum(1), cols.sum(1)):
         assert extent.min() >= 8 and extent.max() == 16
     assert len({tuple(r.nonzero()[:, 0].tolist()) for r in rows}) > 16  # squares land all over
+
+
+def test_mix_pairs_each_image_with_its_neighbour_and_weighs_the_labels_by_what_it_took():
+    """CutMix or MixUp: image i is mixed with image i - 1 (the batch rolled by one), and the soft
+    label gives each of the two classes the share of the image it contributed. With image i a
+    constant i, an image's mean is then w * i + (1 - w) * (i - 1), w the weight of its own class."""
+    b = len(CLASSES)
+    x = torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 3, 32, 32).contiguous()
+    y = torch.arange(b)
+    kinds = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        out, soft = mix(x, y, b)
+        assert out.shape == x.shape and soft.shape == (b, b)
+        assert torch.allclose(soft.sum(1), torch.ones(b))
+        for i in range(b):
+            partner = (i - 1) % b
+            w = soft[i, i]
+            assert torch.allclose(soft[i, partner], 1 - w) and soft[i].count_nonzero() <= 2
+            assert torch.isclose(out[i].mean(), w * i + (1 - w) * partner, atol=1e-4)
+        values = out[1].unique()  # CutMix pastes pixels (two values); MixUp blends (one value)
+        kinds.add("cutmix" if len(values) == 2 else "mixup")
+        torch.manual_seed(seed)
+        assert torch.equal(mix(x, y, b)[0], out)  # torch's seeded generator decides
+    assert kinds == {"cutmix", "mixup"}
+
+
+def test_auto_augment_works_on_a_normalised_batch_and_draws_per_chunk():
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    images = torch.rand(256, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    x = (images - m) / s
+    torch.manual_seed(0)
+    out = auto_augment(x, mean, std, chunk=32)
+    torch.manual_seed(0)
+    assert torch.equal(auto_augment(x, mean, std, chunk=32), out)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    back = out * s + m  # normalised as it came: back in [0, 1] once the normalisation is undone
+    assert back.min() >= -1e-5 and back.max() <= 1 + 1e-5
+    changed = [(a != b).any().item() for a, b in zip(out.split(32), x.split(32), strict=True)]
+    assert any(changed)
+    # chunks draw their own sub-policies: the eight chunks are not all changed alike
+    deltas = {round(float((a - b).abs().mean()), 4) for a, b in zip(out.split(32), x.split(32), strict=True)}
+    assert len(deltas) > 2
 
 
 def test_debris_and_lookalike_folders_are_ignored(tiny_sources, tmp_path):
