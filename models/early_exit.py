@@ -459,8 +459,28 @@ def summarise(table: dict[str, Any], val_table: dict[str, Any]) -> dict[str, Any
             "fraction_of_full": best_half["mflops"] / full["mflops"],
             "drop_points": 100 * (full["accuracy"] - best_half["accuracy"]),
         },
+        "best_at_half_flops_any_criterion": best_of_criteria(table, val_table, 0.5),
         "dynamic_vs_static_exits": gains,
     }  # fmt: skip
+
+
+def best_of_criteria(table: dict[str, Any], val_table: dict[str, Any], share: float) -> dict[str, Any] | None:
+    """The operating point within ``share`` of the full FLOPs when the criterion is chosen too:
+    criterion and threshold both chosen on the validation table (the most accurate there, the
+    cheaper on a tie), read off the test table. None without per-criterion tables."""
+    if "criteria" not in table or "criteria" not in val_table:
+        return None
+    budget = share * val_table["full"]["mflops"]
+    chosen = [(p["accuracy"], -p["mflops"], c, p["value"]) for c in CRITERIA for p in val_table["criteria"][c]
+              if p["mflops"] <= budget]  # fmt: skip
+    if not chosen:
+        return None
+    *_, criterion, value = max(chosen)
+    point = next(p for p in table["criteria"][criterion] if p["value"] == value)
+    full = table["full"]
+    return {"criterion": criterion, "threshold": value, "accuracy": point["accuracy"], "mflops": point["mflops"],
+            "fraction_of_full": point["mflops"] / full["mflops"],
+            "drop_points": 100 * (full["accuracy"] - point["accuracy"])}  # fmt: skip
 
 
 def calibrate(table: dict[str, Any], *, tolerance: float = 0.01) -> dict[str, Any]:

@@ -187,6 +187,11 @@ def early_exit_latency() -> dict:
     half = table["summary"]["best_at_half_flops"]["threshold"]
     default = table["default_knobs"]["threshold"]
     settings = thresholds({0.5, 0.8, 0.9, 0.95, 0.99, default, half, 1.0})
+    chosen = table["summary"].get("best_at_half_flops_any_criterion")  # criterion chosen on validation too
+    if chosen:
+        settings[f"{chosen['criterion']} threshold={chosen['threshold']:g}"] = {
+            "criterion": chosen["criterion"], "threshold": chosen["threshold"],
+        }  # fmt: skip
     return model_latency("early_exit", settings, f"threshold={half:g}", "threshold=1")
 
 

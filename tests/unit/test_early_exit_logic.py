@@ -107,3 +107,33 @@ def test_summary_points_are_chosen_on_validation_and_read_off_test():
     assert summary["best_at_half_flops"]["threshold"] == 0.5 and summary["best_at_half_flops"]["accuracy"] == 0.70
     (gain,) = summary["dynamic_vs_static_exits"]
     assert gain["dynamic_threshold"] == 0.5 and gain["gain_points"] == pytest.approx(20.0)
+    assert summary["best_at_half_flops_any_criterion"] is None  # no per-criterion tables
+
+
+def test_with_the_criterion_chosen_too_both_are_chosen_on_validation():
+    from models.early_exit import summarise
+
+    def table(curves: dict[str, dict[float, tuple[float, float]]]) -> dict:
+        criteria = {
+            c: [{"value": t, "accuracy": a, "mflops": m} for t, (a, m) in pts.items()] for c, pts in curves.items()
+        }
+        return {"points": criteria["max_prob"], "criteria": criteria, "full": {"accuracy": 0.9, "mflops": 100.0},
+                "static_exits": [{"exit": 0, "accuracy": 0.9, "mflops": 100.0}]}  # fmt: skip
+
+    val = table(
+        {
+            "max_prob": {0.5: (0.80, 50.0)},
+            "entropy": {0.5: (0.70, 50.0)},
+            "margin": {0.4: (0.82, 48.0), 0.5: (0.82, 51.0)},
+        }
+    )
+    test = table(
+        {
+            "max_prob": {0.5: (0.88, 50.0)},
+            "entropy": {0.5: (0.89, 50.0)},
+            "margin": {0.4: (0.81, 47.0), 0.5: (0.85, 51.0)},
+        }
+    )
+    best = summarise(test, val)["best_at_half_flops_any_criterion"]
+    assert (best["criterion"], best["threshold"], best["accuracy"], best["mflops"]) == ("margin", 0.4, 0.81, 47.0)
+    assert best["drop_points"] == pytest.approx(9.0) and best["fraction_of_full"] == pytest.approx(0.47)
