@@ -213,21 +213,38 @@ class Card:
     def card_path(self) -> Path:
         return WEIGHTS_DIR / f"{self.name}.json"
 
+    def lineage(self) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """The training runs that made these weights, first run first (the card nests each
+        run's start under ``initialised_from``), and the start of the first of them: None
+        from scratch, else weights whose own training the card does not record."""
+        runs, start = [self.meta["training"]], self.meta.get("initialised_from")
+        while start and start.get("training"):
+            runs.insert(0, start["training"])
+            start = start.get("initialised_from")
+        return runs, start
+
     def provenance(self) -> str:
-        """How these weights were made, from the card: where training started, epochs, device
-        and time; the data; the measured test accuracy. Three short sentences, as the card's
-        data string has punctuation of its own."""
+        """How these weights were made, from the card: where training started, each run's
+        epochs, the last run's device and time; the data; the measured test accuracy. Short
+        sentences, as the card's data string has punctuation of its own."""
         run = self.meta.get("training")
         if not run:
             return f"`assets/weights/{self.name}.json` records no training run for these weights."
-        start = self.meta.get("initialised_from")
+        runs, start = self.lineage()
         begun = f"starting from `{start['weights']}`" if start else "from scratch"
         accuracy = self.meta.get("test_accuracy")
         tested = "" if accuracy is None else f" Test accuracy: {100 * accuracy:.2f} % top-1 on the CIFAR-10 test split."
-        return (
-            f"These weights were trained {begun} for {run['epochs']} epochs on {run['device']} in {run['seconds']} s "
-            f"(`assets/weights/{self.name}.json`). Data: {run['data']}.{tested}"
-        )
+        card = f"`assets/weights/{self.name}.json`"
+        if len(runs) == 1:
+            made = f"These weights were trained {begun} for {run['epochs']} epochs on {run['device']} in {run['seconds']} s"
+        else:
+            epochs = [str(r["epochs"]) for r in runs]
+            made = (
+                f"These weights were trained in {len(runs)} runs, each from the weights of the one before: "
+                f"{epochs[0]} epochs {begun}, then {', '.join(epochs[1:-1]) + ' and ' if len(runs) > 2 else ''}"
+                f"{epochs[-1]}; the last run: {run['epochs']} epochs on {run['device']} in {run['seconds']} s"
+            )
+        return f"{made} ({card}). Data: {run['data']}.{tested}"
 
 
 class DynamicModel(nn.Module):

@@ -37,7 +37,13 @@ def test_each_page_says_how_its_weights_were_made_from_the_card(name):
     line = card.provenance()
     assert f"{run['epochs']} epochs on {run['device']}" in line and f"{100 * card.meta['test_accuracy']:.2f} %" in line
     assert f"Data: {run['data']}." in line
-    assert ("from scratch" in line) is (card.meta["initialised_from"] is None)
+    runs, start = card.lineage()
+    assert ("from scratch" in line) is (start is None)
+    assert runs[-1] is run and (len(runs) == 1) is (card.meta["initialised_from"] is None)
+    for i, earlier in enumerate(runs[:-1]):  # each run's epochs, in order
+        assert f"{earlier['epochs']} epochs" in line if i == 0 else f"{earlier['epochs']}" in line
+    if len(runs) > 1:
+        assert f"in {len(runs)} runs" in line
 
 
 def test_a_card_without_a_training_run_says_so():
@@ -46,3 +52,12 @@ def test_a_card_without_a_training_run_says_so():
     card.meta.update(training={"data": "D", "epochs": 3, "device": "cpu", "seconds": 9},
                      initialised_from={"weights": "w.safetensors"})  # fmt: skip
     assert card.provenance().startswith("These weights were trained starting from `w.safetensors` for 3 epochs on cpu")
+    first = {"data": "D", "epochs": 5, "device": "cpu", "seconds": 9}
+    second = {"data": "D", "epochs": 4, "device": "cpu", "seconds": 9}
+    card.meta.update(initialised_from={"weights": "w.safetensors", "training": second,
+                                       "initialised_from": {"weights": "v.safetensors", "training": first}})  # fmt: skip
+    assert card.lineage() == ([first, second, card.meta["training"]], None)
+    assert card.provenance().startswith(
+        "These weights were trained in 3 runs, each from the weights of the one before: 5 epochs from scratch, "
+        "then 4 and 3; the last run: 3 epochs on cpu in 9 s"
+    )
