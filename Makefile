@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.run-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: run test lint bench evaluate train-gpu finetune-gpu clean
+.PHONY: run test lint bench evaluate train-gpu finetune-gpu refine-gpu refine2-gpu clean
 
 $(RUN_STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -69,6 +69,38 @@ finetune-gpu: $(RUN_STAMP)
 	$(call FINETUNE_RUN,vit_tokens) --batch-size 512 --optimizer adamw --lr 1e-3 --weight-decay 0.05 --warmup 0.05 \
 		>checkpoints/vit_tokens-finetune.log 2>&1 & d=$$!; \
 	failed=0; for p in $$a $$b $$c $$d; do wait $$p || failed=1; done; exit $$failed
+
+# refine-gpu: a third run (an H100, 2026-11-26), each from its finetune-gpu weights, with stronger
+# augmentation: AutoAugment (--autoaugment) and CutMix/MixUp (--mix). Six runs side by side for
+# REFINE_BUDGET seconds: two variants per model, chosen between by validation accuracy. Shipped:
+# early_exit's Cutout + mix and vit_tokens' AutoAugment + mix (written to assets/weights); the others
+# write to checkpoints/refine/ (pixel_mask's two came out below its finetune-gpu weights on validation).
+REFINE_BUDGET ?= 540
+REFINE_RUN = $(call GPU_TRAIN,$(1),$(REFINE_BUDGET),300) --threads 2 --init assets/weights/$(1).safetensors \
+	--init-card assets/weights/$(1).json
+REFINE_VIT = --batch-size 1024 --optimizer adamw --lr 1e-3 --weight-decay 0.05 --warmup 0.05 --mix
+REFINE_CNN = --lr 0.05 --warmup 0.05 --cutout 16
+
+refine-gpu: $(RUN_STAMP)
+	mkdir -p checkpoints/refine
+	$(call REFINE_RUN,vit_tokens) $(REFINE_VIT) --autoaugment >checkpoints/vit_tokens-refine.log 2>&1 & a=$$!; \
+	$(call REFINE_RUN,vit_tokens) $(REFINE_VIT) --out checkpoints/refine/vit_b >checkpoints/refine/vit_b.log 2>&1 & b=$$!; \
+	$(call REFINE_RUN,early_exit) --loss exit_weight=0.5 $(REFINE_CNN) --mix >checkpoints/early_exit-refine.log 2>&1 & c=$$!; \
+	$(call REFINE_RUN,early_exit) --loss exit_weight=0.5 $(REFINE_CNN) --autoaugment --out checkpoints/refine/ee_b \
+		>checkpoints/refine/ee_b.log 2>&1 & d=$$!; \
+	$(call REFINE_RUN,pixel_mask) $(REFINE_CNN) --mix --out checkpoints/refine/px_a >checkpoints/refine/px_a.log 2>&1 & e=$$!; \
+	$(call REFINE_RUN,pixel_mask) $(REFINE_CNN) --autoaugment --out checkpoints/refine/px_b \
+		>checkpoints/refine/px_b.log 2>&1 & f=$$!; \
+	failed=0; for p in $$a $$b $$c $$d $$e $$f; do wait $$p || failed=1; done; exit $$failed
+
+# refine2-gpu: the transformer once more from its refine-gpu weights, alone on the GPU, at half the
+# peak learning rate, for REFINE2_BUDGET seconds.
+REFINE2_BUDGET ?= 180
+refine2-gpu: $(RUN_STAMP)
+	mkdir -p checkpoints
+	$(call GPU_TRAIN,vit_tokens,$(REFINE2_BUDGET),300) --threads 8 --init assets/weights/vit_tokens.safetensors \
+		--init-card assets/weights/vit_tokens.json --batch-size 1024 --optimizer adamw --lr 5e-4 --weight-decay 0.05 \
+		--warmup 0.05 --mix --autoaugment >checkpoints/vit_tokens-refine2.log 2>&1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -9,23 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from models.core import WEIGHTS_DIR
+from models.core import WEIGHTS_DIR, Card
 from tests.support import ROOT
 
 
-def recipe(command: str) -> list[str]:
-    """A ``models.train`` command without where the data is read from and the weights written."""
+def recipe(command: str) -> list[tuple[str, ...]]:
+    """A ``models.train`` command without where the data is read from and the weights written:
+    its options, each with its values, in a fixed order (argparse reads them in any)."""
     words = shlex.split(command)
-    start = words.index("models.train")
-    kept, skip = [], False
-    for word in words[start + 1 :]:
-        if skip:
-            skip = False
-        elif word in ("--data", "--out"):
-            skip = True
+    options: list[list[str]] = []
+    for word in words[words.index("models.train") + 1 :]:
+        if word.startswith("--"):
+            options.append([word])
         else:
-            kept.append(word)
-    return kept
+            options[-1].append(word)
+    return sorted(tuple(o) for o in options if o[0] not in ("--data", "--out"))
 
 
 def readme_train_commands() -> list[list[str]]:
@@ -35,11 +33,10 @@ def readme_train_commands() -> list[list[str]]:
 
 
 def lineage(card: Path) -> list[str]:
-    """A shipped card's training commands, first run first: the run its weights started from
-    (``initialised_from``, whose training the card keeps), then its own."""
-    data = json.loads(card.read_text())
-    start = data["initialised_from"] and data["initialised_from"]["training"]
-    return [start["command"]] * bool(start) + [data["training"]["command"]]
+    """A shipped card's training commands, first run first (``Card.lineage``: the runs its
+    weights started from, nested under ``initialised_from``, then its own)."""
+    runs, _ = Card(card.stem, "", "", (), (), 32, (0, 0, 0), (1, 1, 1), json.loads(card.read_text())).lineage()
+    return [run["command"] for run in runs]
 
 
 @pytest.mark.parametrize("card", sorted(WEIGHTS_DIR.glob("*.json")), ids=lambda p: p.stem)
@@ -56,18 +53,26 @@ def test_the_readme_reports_each_shipped_models_test_accuracy(card):
     assert f"{100 * accuracy:.2f} % top-1" in (ROOT / "README.md").read_text(), card.stem
 
 
-def make_recipes(target: str) -> list[list[str]]:
+def make_recipes(target: str) -> list[list[tuple[str, ...]]]:
+    """The shipped recipes of a Makefile target: its ``models.train`` commands that write to the
+    shipped weights (no ``--out``; variants tried beside them write to checkpoints/)."""
     import subprocess
 
     dry = subprocess.run(["make", "-n", target, "DATA=PATH"], cwd=ROOT, capture_output=True, text=True, check=True)
     text = dry.stdout.replace("\\\n", " ")
-    return sorted(recipe(part.split(">")[0]) for part in text.split("&") if "models.train" in part)
+    parts = [part.split(">")[0] for part in text.split("&") if "models.train" in part]
+    return sorted(recipe(part) for part in parts if "--out" not in shlex.split(part))
 
 
-def test_make_train_gpu_and_finetune_gpu_run_the_shipped_cards_recipes():
+# the GPU runs the shipped weights went through, first run first; a model may stop early
+GPU_RUNS = ("train-gpu", "finetune-gpu", "refine-gpu", "refine2-gpu")
+
+
+def test_the_make_gpu_targets_run_the_shipped_cards_recipes_run_by_run():
     """The shipped weights were made by `make train-gpu` (from scratch), then `make finetune-gpu`
-    (from those weights): their commands are the cards' lineage, run by run."""
+    (from those weights), then, for some models, `make refine-gpu` and `make refine2-gpu`: their
+    commands are the cards' lineage, run by run."""
     runs = [lineage(card) for card in sorted(WEIGHTS_DIR.glob("*.json"))]
-    assert all(len(commands) == 2 for commands in runs)
-    assert make_recipes("train-gpu") == sorted(recipe(commands[0]) for commands in runs)
-    assert make_recipes("finetune-gpu") == sorted(recipe(commands[1]) for commands in runs)
+    assert all(2 <= len(commands) <= len(GPU_RUNS) for commands in runs)
+    for i, target in enumerate(GPU_RUNS):
+        assert make_recipes(target) == sorted(recipe(commands[i]) for commands in runs if len(commands) > i), target
