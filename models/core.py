@@ -220,7 +220,9 @@ class Card:
         runs, start = [self.meta["training"]], self.meta.get("initialised_from")
         while start and start.get("training"):
             runs.insert(0, start["training"])
-            start = start.get("initialised_from")
+            # a card that does not say where a run started (no key, as cards before the
+            # nesting wrote) knows only that it started from other weights
+            start = start.get("initialised_from", {"weights": "earlier weights"})
         return runs, start
 
     def provenance(self) -> str:

@@ -40,10 +40,11 @@ def test_each_page_says_how_its_weights_were_made_from_the_card(name):
     runs, start = card.lineage()
     assert ("from scratch" in line) is (start is None)
     assert runs[-1] is run and (len(runs) == 1) is (card.meta["initialised_from"] is None)
-    for i, earlier in enumerate(runs[:-1]):  # each run's epochs, in order
-        assert f"{earlier['epochs']} epochs" in line if i == 0 else f"{earlier['epochs']}" in line
-    if len(runs) > 1:
-        assert f"in {len(runs)} runs" in line
+    if len(runs) > 1:  # each run's epochs, in order
+        epochs = [str(r["epochs"]) for r in runs]
+        middle = f"{', '.join(epochs[1:-1])} and " if len(runs) > 2 else ""
+        assert f"in {len(runs)} runs, each from the weights of the one before: {epochs[0]} epochs " in line
+        assert f", then {middle}{epochs[-1]}; the last run: " in line
 
 
 def test_a_card_without_a_training_run_says_so():
@@ -55,9 +56,13 @@ def test_a_card_without_a_training_run_says_so():
     first = {"data": "D", "epochs": 5, "device": "cpu", "seconds": 9}
     second = {"data": "D", "epochs": 4, "device": "cpu", "seconds": 9}
     card.meta.update(initialised_from={"weights": "w.safetensors", "training": second,
-                                       "initialised_from": {"weights": "v.safetensors", "training": first}})  # fmt: skip
+                                       "initialised_from": {"weights": "v.safetensors", "training": first,
+                                                            "initialised_from": None}})  # fmt: skip
     assert card.lineage() == ([first, second, card.meta["training"]], None)
     assert card.provenance().startswith(
         "These weights were trained in 3 runs, each from the weights of the one before: 5 epochs from scratch, "
         "then 4 and 3; the last run: 3 epochs on cpu in 9 s"
     )
+    del card.meta["initialised_from"]["initialised_from"]["initialised_from"]  # a card that does not say
+    assert card.lineage()[1] == {"weights": "earlier weights"}
+    assert "5 epochs starting from `earlier weights`, then 4 and 3" in card.provenance()
