@@ -247,7 +247,7 @@ def mix(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tenso
     batch, the mixing ratio drawn from Beta(1, 1) as both papers do on CIFAR: torchvision's
     ``v2.CutMix`` and ``v2.MixUp``. Returns the mixed batch and soft labels ``(B, C)``, which
     ``F.cross_entropy`` takes as class probabilities. The draws come from torch's global CPU
-    generator (seeded by the run, saved in its checkpoints), so a run is the same on any device."""
+    generator (seeded by the run, saved in its checkpoints), so a run draws the same on any device."""
     from torchvision.transforms import v2
 
     mixer = v2.RandomChoice(
@@ -260,8 +260,9 @@ def auto_augment(x: torch.Tensor, mean: tuple, std: tuple, chunk: int = 64) -> t
     """AutoAugment's CIFAR-10 policy (Cubuk et al., 2019, arXiv:1805.09501), torchvision's
     ``v2.AutoAugment``, on a normalised batch ``(B, 3, H, W)``. One call draws one sub-policy
     for all the images it gets, so the batch goes in chunks of ``chunk`` images, each with its
-    own draw; images are brought to [0, 1] for it and normalised back. Draws come from torch's
-    global CPU generator, as in :func:`mix`."""
+    own draw; images are brought to [0, 1] for it and normalised back. Rotations, shears and
+    translations fill with black (torchvision's default; Cutout fills with the mean). Draws
+    come from torch's global CPU generator, as in :func:`mix`."""
     from torchvision.transforms import v2
 
     policy = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)

@@ -201,6 +201,8 @@ BUDGET_SHARE = 0.97
 # what must match for a checkpoint to continue this run's schedule
 SCHEDULE = ("model", "epochs", "batch_size", "lr", "weight_decay", "optimizer", "warmup", "seed", "limit", "init",
             "loss", "bf16", "cutout", "autoaugment", "mix")  # fmt: skip
+# options added to SCHEDULE later, at the value that means "not used"
+ADDED_TO_SCHEDULE = {"cutout": 0, "autoaugment": False, "mix": False}
 RESUME_ONLY = ("--checkpoint", "--stop-after")  # how a run was split, not what it trained: not in the card's command
 
 
@@ -259,8 +261,9 @@ def load_checkpoint(args: argparse.Namespace) -> dict | None:
         return None
     state = torch.load(path, weights_only=True, map_location=args.device)  # a CPU run may go on on a GPU
     asked = schedule_of(args)
-    if state["schedule"] != asked:
-        diff = {k: (state["schedule"].get(k), v) for k, v in asked.items() if state["schedule"].get(k) != v}
+    saved = ADDED_TO_SCHEDULE | state["schedule"]  # a checkpoint from before an option existed ran without it
+    if saved != asked:
+        diff = {k: (saved.get(k), v) for k, v in asked.items() if saved.get(k) != v}
         raise SystemExit(
             f"{path} is another run's checkpoint (saved vs asked: {diff}); delete it or pick another folder"
         )

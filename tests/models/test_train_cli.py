@@ -153,6 +153,24 @@ def test_a_checkpoint_of_another_schedule_or_data_is_refused(cifar_path, tmp_pat
         main(run)
 
 
+@pytest.mark.dataset
+def test_a_checkpoint_from_before_an_option_existed_still_resumes(cifar_path, tmp_path):
+    """A checkpoint's schedule without a later-added option ran without it: it resumes the same
+    run (and is refused for a run that uses the option)."""
+    run = ["--model", "early_exit", "--data", str(cifar_path), "--epochs", "2", "--limit", "32", "--batch-size", "32",
+           "--out", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "ckpt")]  # fmt: skip
+    main([*run, "--stop-after", "1"])
+    path = tmp_path / "ckpt" / "early_exit.pt"
+    state = torch.load(path, weights_only=True)
+    for key in train.ADDED_TO_SCHEDULE:
+        del state["schedule"][key]
+    torch.save(state, path)
+    with pytest.raises(SystemExit, match="another run's checkpoint"):
+        main([*run, "--mix"])
+    main(run)
+    assert json.loads((tmp_path / "out" / "early_exit.json").read_text())["training"]["resumed_at_epochs"] == [1]
+
+
 def test_stop_after_needs_a_checkpoint(tmp_path):
     with pytest.raises(SystemExit):
         parse_args(["--model", "early_exit", "--out", str(tmp_path), "--stop-after", "1"])
