@@ -35,7 +35,7 @@ evaluate: $(RUN_STAMP)
 		$(PY) -m models.evaluate --model $$model --write || exit 1; \
 	done
 
-# The shipped weights, in two GPU runs; `make evaluate` after each. Both read CIFAR-10 from
+# The shipped weights, in two to four GPU runs; `make evaluate` after each. All read CIFAR-10 from
 # DYNN_CIFAR10 (or DATA=...), write assets/weights/ and log to checkpoints/.
 # train-gpu: the four models from scratch, side by side on one GPU (an H200), each for as many
 # epochs as fit TIME_BUDGET seconds (models.train --time-budget).
@@ -72,9 +72,10 @@ finetune-gpu: $(RUN_STAMP)
 
 # refine-gpu: a third run (an H100, 2026-11-26), each from its finetune-gpu weights, with stronger
 # augmentation: AutoAugment (--autoaugment) and CutMix/MixUp (--mix). Six runs side by side for
-# REFINE_BUDGET seconds: two variants per model, chosen between by validation accuracy. Shipped:
-# early_exit's Cutout + mix and vit_tokens' AutoAugment + mix (written to assets/weights); the others
-# write to checkpoints/refine/ (pixel_mask's two came out below its finetune-gpu weights on validation).
+# REFINE_BUDGET seconds: two variants per model. Validation accuracy chose on 2026-11-26: early_exit's
+# Cutout + mix and vit_tokens' AutoAugment + mix, which this target writes to assets/weights (it does
+# not choose again); the others write to checkpoints/refine/ (pixel_mask's two came out below its
+# finetune-gpu weights on validation).
 REFINE_BUDGET ?= 540
 REFINE_RUN = $(call GPU_TRAIN,$(1),$(REFINE_BUDGET),300) --threads 2 --init assets/weights/$(1).safetensors \
 	--init-card assets/weights/$(1).json
