@@ -44,6 +44,8 @@ DATA ?= $(DYNN_CIFAR10)
 # one model on the GPU: $(1) model, $(2) seconds of wall time, $(3) epochs at most
 GPU_TRAIN = $(PY) -m models.train --model $(1) --data $(DATA) --device cuda --time-budget $(2) --epochs $(3)
 GPU_RUN = $(call GPU_TRAIN,$(1),$(TIME_BUDGET),200)
+# start from the model's own shipped weights, its card kept as the lineage
+FROM_OWN = --init assets/weights/$(1).safetensors --init-card assets/weights/$(1).json
 
 train-gpu: $(RUN_STAMP)
 	mkdir -p checkpoints
@@ -57,8 +59,7 @@ train-gpu: $(RUN_STAMP)
 # finetune-gpu: each model then from its own train-gpu weights (--init), again side by side
 # (an H100), for FINETUNE_BUDGET seconds with Cutout and a lower peak learning rate.
 FINETUNE_BUDGET ?= 440
-FINETUNE_RUN = $(call GPU_TRAIN,$(1),$(FINETUNE_BUDGET),300) --init assets/weights/$(1).safetensors \
-	--init-card assets/weights/$(1).json
+FINETUNE_RUN = $(call GPU_TRAIN,$(1),$(FINETUNE_BUDGET),300) $(call FROM_OWN,$(1))
 
 finetune-gpu: $(RUN_STAMP)
 	mkdir -p checkpoints
@@ -77,8 +78,7 @@ finetune-gpu: $(RUN_STAMP)
 # not choose again); the others write to checkpoints/refine/ (pixel_mask's two came out below its
 # finetune-gpu weights on validation).
 REFINE_BUDGET ?= 540
-REFINE_RUN = $(call GPU_TRAIN,$(1),$(REFINE_BUDGET),300) --threads 2 --init assets/weights/$(1).safetensors \
-	--init-card assets/weights/$(1).json
+REFINE_RUN = $(call GPU_TRAIN,$(1),$(REFINE_BUDGET),300) --threads 2 $(call FROM_OWN,$(1))
 REFINE_VIT = --batch-size 1024 --optimizer adamw --lr 1e-3 --weight-decay 0.05 --warmup 0.05 --mix
 REFINE_CNN = --lr 0.05 --warmup 0.05 --cutout 16
 
@@ -99,8 +99,8 @@ refine-gpu: $(RUN_STAMP)
 REFINE2_BUDGET ?= 180
 refine2-gpu: $(RUN_STAMP)
 	mkdir -p checkpoints
-	$(call GPU_TRAIN,vit_tokens,$(REFINE2_BUDGET),300) --threads 8 --init assets/weights/vit_tokens.safetensors \
-		--init-card assets/weights/vit_tokens.json --batch-size 1024 --optimizer adamw --lr 5e-4 --weight-decay 0.05 \
+	$(call GPU_TRAIN,vit_tokens,$(REFINE2_BUDGET),300) --threads 8 $(call FROM_OWN,vit_tokens) \
+		--batch-size 1024 --optimizer adamw --lr 5e-4 --weight-decay 0.05 \
 		--warmup 0.05 --mix --autoaugment >checkpoints/vit_tokens-refine2.log 2>&1
 
 clean:

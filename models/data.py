@@ -14,10 +14,12 @@ Images are ``uint8`` arrays shaped ``(N, 32, 32, 3)``; labels are ``int64`` ``(N
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -248,12 +250,7 @@ def mix(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tenso
     ``v2.CutMix`` and ``v2.MixUp``. Returns the mixed batch and soft labels ``(B, C)``, which
     ``F.cross_entropy`` takes as class probabilities. The draws come from torch's global CPU
     generator (seeded by the run, saved in its checkpoints), so a run draws the same on any device."""
-    from torchvision.transforms import v2
-
-    mixer = v2.RandomChoice(
-        [v2.CutMix(num_classes=num_classes, alpha=1.0), v2.MixUp(num_classes=num_classes, alpha=1.0)]
-    )
-    return mixer(x, y)
+    return _mixer(num_classes)(x, y)
 
 
 def auto_augment(x: torch.Tensor, mean: tuple, std: tuple, chunk: int = 64) -> torch.Tensor:
@@ -263,11 +260,31 @@ def auto_augment(x: torch.Tensor, mean: tuple, std: tuple, chunk: int = 64) -> t
     own draw; images are brought to [0, 1] for it and normalised back. Rotations, shears and
     translations fill with black (torchvision's default; Cutout fills with the mean). Draws
     come from torch's global CPU generator, as in :func:`mix`."""
-    from torchvision.transforms import v2
-
-    policy = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    policy = _auto_augment_policy()
+    m, s = _moments(tuple(mean), tuple(std), x.device)
     images = (x * s + m).clamp(0, 1)
     out = torch.cat([policy(part) for part in images.split(chunk)])
     return (out - m) / s
+
+
+# built once, not on every training step (the transforms hold no random state: torch's does)
+@functools.cache
+def _mixer(num_classes: int) -> Callable:
+    from torchvision.transforms import v2
+
+    return v2.RandomChoice(
+        [v2.CutMix(num_classes=num_classes, alpha=1.0), v2.MixUp(num_classes=num_classes, alpha=1.0)]
+    )
+
+
+@functools.cache
+def _auto_augment_policy() -> Callable:
+    from torchvision.transforms import v2
+
+    return v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+
+
+@functools.cache
+def _moments(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` and ``std`` as ``(1, 3, 1, 1)`` tensors on ``device``, copied there once."""
+    return torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1)
