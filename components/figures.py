@@ -586,36 +586,58 @@ def make_video_timeline(
     current: int | None = None,
 ) -> go.Figure:
     """Per sampled frame: MFLOPs spent (reused frames spend none), the model's headline
-    decision, and the predicted class with its confidence; ``current`` marks the scrubbed frame."""
-    from plotly.subplots import make_subplots
+    decision, and the predicted class with its confidence; ``current`` marks the scrubbed frame.
 
-    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
-                        subplot_titles=("MFLOPs spent", decision_label, "prediction (marker size: confidence)"))  # fmt: skip
-    colours = [SKIPPED if r else RAN for r in reused]
+    Three rows on one time axis, where plotly's ``make_subplots(rows=3, shared_xaxes=True,
+    vertical_spacing=0.06)`` puts them, but built in one go (:func:`make_figure`). The Video page
+    rebuilds it on every scrub (the marked frame moves): through ``make_subplots`` and ``add_*``
+    it took 30 to 42 ms to build and serialise on this CPU, built so about 2 ms (stop 21)."""
+    times = list(times)
     hover = [f"{t:.2f} s: reused the last result" if r else f"{t:.2f} s: {m:.1f} MFLOPs"
              for t, m, r in zip(times, mflops, reused, strict=True)]  # fmt: skip
-    fig.add_bar(x=list(times), y=[0 if r else m for m, r in zip(mflops, reused, strict=True)], marker={"color": colours},
-                customdata=hover, hovertemplate="%{customdata}<extra></extra>", row=1, col=1)  # fmt: skip
+    data = [series("bar", x=times, y=[0 if r else m for m, r in zip(mflops, reused, strict=True)],
+                   marker={"color": [SKIPPED if r else RAN for r in reused]}, customdata=hover,
+                   hovertemplate="%{customdata}<extra></extra>", xaxis="x", yaxis="y")]  # fmt: skip
     if any(reused):
-        fig.add_scatter(x=[t for t, r in zip(times, reused, strict=True) if r], y=[0] * sum(reused), mode="markers",
-                        marker={"symbol": "x", "color": STATIC, "size": 7}, hovertemplate="%{x:.2f} s: reused<extra></extra>",
-                        row=1, col=1)  # fmt: skip
-    fig.add_scatter(x=list(times), y=list(decisions), mode="lines+markers", line={"color": EXIT, "shape": "hv"},
-                    hovertemplate="%{x:.2f} s: %{y:.0f}<extra></extra>", row=2, col=1)  # fmt: skip
-    fig.add_scatter(
-        x=list(times), y=list(predictions), mode="markers", customdata=[100 * c for c in confidences],
-        marker={"size": [6 + 14 * c for c in confidences], "color": list(confidences), "colorscale": "Blues",
-                "cmin": 0, "cmax": 1, "line": {"width": 0.5, "color": "black"}},
-        hovertemplate="%{x:.2f} s: %{y} (%{customdata:.0f}%)<extra></extra>", row=3, col=1,
-    )  # fmt: skip
-    if current is not None:
-        fig.add_vline(x=times[current], line={"color": FIRED, "width": 2, "dash": "dot"})
+        data.append(series("scatter", x=[t for t, r in zip(times, reused, strict=True) if r], y=[0] * sum(reused),
+                           mode="markers", marker={"symbol": "x", "color": STATIC, "size": 7},
+                           hovertemplate="%{x:.2f} s: reused<extra></extra>", xaxis="x", yaxis="y"))  # fmt: skip
+    data += [
+        series("scatter", x=times, y=list(decisions), mode="lines+markers", line={"color": EXIT, "shape": "hv"},
+               hovertemplate="%{x:.2f} s: %{y:.0f}<extra></extra>", xaxis="x2", yaxis="y2"),
+        series("scatter", x=times, y=list(predictions), mode="markers", customdata=[100 * c for c in confidences],
+               marker={"size": [6 + 14 * c for c in confidences], "color": list(confidences),
+                       "colorscale": colour_scale("Blues"), "cmin": 0, "cmax": 1, "line": {"width": 0.5, "color": "black"}},
+               hovertemplate="%{x:.2f} s: %{y} (%{customdata:.0f}%)<extra></extra>", xaxis="x3", yaxis="y3"),
+    ]  # fmt: skip
+    titles = ("MFLOPs spent", decision_label, "prediction (marker size: confidence)")
+    rows = len(titles)
+    spacing = 0.06
+    height = (1 - spacing * (rows - 1)) / rows
+    domains = [[1 - height - i * (height + spacing), 1 - i * (height + spacing)] for i in range(rows)]
+    domains[-1][0] = 0.0  # exactly, as plotly has it: the sums above leave a rounding error
+    suffixes = ["" if i == 0 else str(i + 1) for i in range(rows)]  # plotly's axis names: x, x2, x3
+    layout: dict[str, Any] = {}
+    for i, (n, domain) in enumerate(zip(suffixes, domains, strict=True)):
+        shared = {"matches": f"x{rows}", "showticklabels": False}  # the bottom row's time axis, drawn there only
+        layout[f"xaxis{n}"] = {"anchor": f"y{n}", "domain": [0.0, 1.0]} | (
+            axis("time in the video (s)") if i == rows - 1 else shared
+        )
+        layout[f"yaxis{n}"] = {"anchor": f"x{n}", "domain": domain}
     if decisions and all(float(d).is_integer() for d in decisions):  # exits, blocks, tokens: no ticks between counts
-        fig.update_yaxes(tickformat="d", dtick=max(1, math.ceil((max(decisions) - min(decisions)) / 6)), row=2, col=1)
-    fig.update_xaxes(title="time in the video (s)", row=3, col=1)
-    # room for the first subplot's title, a class name per row of the predictions ("automobile")
+        layout["yaxis2"] |= {"tickformat": "d", "dtick": max(1, math.ceil((max(decisions) - min(decisions)) / 6))}
+    annotations = [{"font": {"size": 16}, "showarrow": False, "text": title, "x": 0.5, "xanchor": "center",
+                    "xref": "paper", "y": domain[1], "yanchor": "bottom", "yref": "paper"}
+                   for title, domain in zip(titles, domains, strict=True)]  # fmt: skip
+    shapes = []
+    if current is not None:  # across the three rows
+        shapes = [{"line": {"color": FIRED, "dash": "dot", "width": 2}, "type": "line", "x0": times[current],
+                   "x1": times[current], "xref": f"x{n}", "y0": 0, "y1": 1, "yref": f"y{n} domain"}
+                  for n in suffixes]  # fmt: skip
+    # room for the first row's title, a class name per row of the predictions ("automobile")
     # and the time axis with its title
-    return fig.update_layout(**shared_layout(height=580, margin={"l": 90, "t": 36, "b": 70}))
+    return make_figure(data, height=580, margin={"l": 90, "t": 36, "b": 70}, shapes=shapes, annotations=annotations,
+                       **layout)  # fmt: skip
 
 
 def make_block_density(point: dict[str, Any], per_stage: int) -> go.Figure:

@@ -127,6 +127,28 @@ def test_the_decision_timeline_ticks_whole_counts_only(decisions, dtick):
     assert fig.layout.yaxis2.dtick == dtick
 
 
+def test_the_timeline_rows_share_one_time_axis_where_make_subplots_puts_them():
+    """The timeline is built in one go (fast, rebuilt on every scrub), laid out as plotly's
+    ``make_subplots`` lays out three rows on a shared x axis; the scrubbed frame is marked in
+    every row."""
+    from plotly.subplots import make_subplots
+
+    from components.figures import make_video_timeline
+
+    titles = ("MFLOPs spent", "exit that fired", "prediction (marker size: confidence)")
+    ref = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06, subplot_titles=titles).to_dict()
+    times = [0.0, 0.5, 1.0]
+    frames = ([90.0, 0.0, 60.0], [False, True, False], [3, 3, 5], titles[1], ["cat", "cat", "dog"], [0.9, 0.9, 0.6])
+    fig = make_video_timeline(times, *frames, current=2).to_dict()["layout"]
+    for name in ("xaxis", "yaxis", "xaxis2", "yaxis2", "xaxis3", "yaxis3"):
+        assert {k: fig[name][k] for k in ref["layout"][name]} == ref["layout"][name], name
+    assert fig["xaxis3"]["title"]["text"] == "time in the video (s)"
+    placed = [(a["text"], a["y"]) for a in ref["layout"]["annotations"]]
+    assert [(a["text"], a["y"]) for a in fig["annotations"]] == placed
+    marks = [("x", "y domain", 1.0), ("x2", "y2 domain", 1.0), ("x3", "y3 domain", 1.0)]
+    assert sorted((s["xref"], s["yref"], s["x0"]) for s in fig["shapes"]) == marks
+
+
 def encode_frames(fmt: str, codec: str, pix_fmt: str, frames: list[av.VideoFrame]) -> bytes:
     """``frames`` encoded with ``codec`` (into ``pix_fmt``) in a ``fmt`` container, 10 per second."""
     buf = io.BytesIO()
