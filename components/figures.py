@@ -245,7 +245,8 @@ def make_accuracy_curve(
         curves: name -> ``{"points": [{"mflops", "accuracy", "value"}], "static": [{"mflops",
             "accuracy", "label"}], "value_label": knob name in the hover (default "threshold"),
             "static_name": the static markers' legend entry (default "static network")}``;
-            the dynamic policy as a line, static settings as markers.
+            the dynamic policy as a line with a dot on each measured setting, static settings as
+            markers.
         current: name -> (mflops, accuracy) of the operating point on screen.
         label_current: write each current point's name next to it (several on one chart).
         budget: mean MFLOPs to mark with a vertical line (Compare's budget).
@@ -256,8 +257,10 @@ def make_accuracy_curve(
         pts = sorted(curve["points"], key=lambda p: p["mflops"])
         data.append(
             series("scatter",
-                x=[p["mflops"] for p in pts], y=[100 * p["accuracy"] for p in pts], mode="lines", name=name,
-                line={"color": line_of[name]},
+                x=[p["mflops"] for p in pts], y=[100 * p["accuracy"] for p in pts], mode="lines+markers", name=name,
+                # a dot on each swept setting: where the sweep has no point (block skipping between its
+                # cheapest threshold below 1.0 and every gated block skipped), the line is drawn, not measured
+                line={"color": line_of[name]}, marker={"size": 4, "color": line_of[name]},
                 customdata=[p["value"] for p in pts],
                 hovertemplate=curve.get("value_label", "threshold") + " %{customdata:.2f}<br>%{x:.1f} MFLOPs, "
                 "%{y:.2f}%<extra>" + name + "</extra>",

@@ -55,6 +55,19 @@ def test_the_helpers_write_what_plotly_would():
     make_figure([heat], height=300, xaxis=axis("exit", dtick=1))  # CHECK: no error
 
 
+def test_each_swept_setting_is_a_dot_on_its_curve():
+    """A straight stretch of a curve between two measured settings far apart (block skipping
+    between its last threshold below 1.0 and every block skipped) must not look measured."""
+    from components.figures import make_accuracy_curve
+
+    points = [
+        {"mflops": m, "accuracy": a, "value": v} for m, a, v in ((115, 0.64, 1.0), (207, 0.90, 0.95), (240, 0.91, 0))
+    ]
+    line = make_accuracy_curve({"gates": {"points": points}}).to_dict()["data"][0]
+    assert "markers" in line["mode"] and line["marker"]["color"] == line["line"]["color"]
+    assert list(line["x"]) == [115, 207, 240]  # one dot per swept setting, in order of cost
+
+
 def test_each_curves_current_point_takes_the_curves_colour():
     from components.figures import FIRED, STATIC, make_accuracy_curve
 
