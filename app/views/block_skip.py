@@ -76,7 +76,8 @@ def render_dataset_panel(table: dict[str, Any], threshold: float, classes: tuple
         curve = {"gated": {"points": table["points"][1:], "static": [{**full, "label": "every block"}]}}
         fig = make_accuracy_curve(curve, current={"gated": (point["mflops"], point["accuracy"])})
         st.plotly_chart(fig, key="bs_curve")
-        st.caption("Line: the gates over the threshold sweep. Square: every block on (the static network).")
+        st.caption("Line: the gates over the threshold sweep, a dot per threshold measured. "
+                   "Square: every block on (the static network).")  # fmt: skip
     with right:
         st.plotly_chart(make_blocks_histogram(point), key="bs_hist")
         st.caption(f"How many of the {len(point['block_rate'])} gated blocks the test images ran at this threshold.")

@@ -224,7 +224,7 @@ def render_curves(configs: list[Config], budget: float | None) -> None:
     st.plotly_chart(make_accuracy_curve(curves, current=current, label_current=True, budget=budget), key="cmp_curves")
     st.caption(
         "Lines: each model's eval table (`assets/eval/`, `python -m models.evaluate --write`), at its default "
-        "settings and at the settings of each configuration. Stars: the configurations' measured points."
+        "settings and at the settings of each configuration, a dot per setting measured. Stars: the configurations' measured points."
     )
 
 

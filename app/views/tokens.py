@@ -132,7 +132,8 @@ def render_dataset_panel(table: dict[str, Any], matched: dict[str, dict[str, Any
         current={CURVE_OF[m]: (p["mflops"], p["accuracy"]) for m, p in matched.items()},
     )  # fmt: skip
     st.plotly_chart(fig, key="tok_curve")
-    st.caption("Each line sweeps one knob over the test set; the stars are the two settings compared above.")
+    st.caption("Each line sweeps one knob over the test set, a dot per value measured; "
+               "the stars are the two settings compared above.")  # fmt: skip
 
 
 EXPLANATION = """
