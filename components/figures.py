@@ -494,9 +494,11 @@ def make_patch_heatmap(values: np.ndarray, *, title: str, label: str, zmax: floa
 
 
 def make_expert_load(record: dict[str, Any]) -> go.Figure:
-    """One MoE layer on this image: tokens that chose each expert (demand), tokens it served
-    (load), and its capacity (the buffer size; the rest is dropped). The experts are numbered
-    under the axis title: in a narrow column "expert 1" ... labels turned and ran into each other."""
+    """One MoE layer on this image: tokens that chose each expert (demand, grey), tokens it served
+    (load, in the expert's colour, over the grey), and its capacity (the buffer size; the rest is
+    dropped). The experts are numbered under the axis title: in a narrow column "expert 1" ...
+    labels turned and ran into each other. No legend: a legend shows one colour per series, and
+    the served bars have one per expert; the page's caption says what the colours are."""
     experts = [str(e + 1) for e in range(len(record["load"]))]
     colours = [f"rgb{expert_colour(e)}" for e in range(len(experts))]  # the expert maps' colours
     data = [
@@ -509,8 +511,7 @@ def make_expert_load(record: dict[str, Any]) -> go.Figure:
     if record["capacity"] < record["tokens"]:
         lines.append(_hline(record["capacity"], {"color": FIRED, "dash": "dash"}, f"capacity {record['capacity']}",
                             top=True, left=True))  # fmt: skip
-    return make_figure(data, height=280, margin={"l": 70, "t": 16, "b": 110}, showlegend=True, barmode="overlay",
-                   legend={"orientation": "h", "y": -0.3}, shapes=[s for s, _ in lines],
+    return make_figure(data, height=280, margin={"l": 70, "t": 16, "b": 70}, barmode="overlay", shapes=[s for s, _ in lines],
                    annotations=[a for _, a in lines], xaxis=axis("expert", type="category"),
                    yaxis=axis("tokens", rangemode="tozero"))  # fmt: skip
 

@@ -82,6 +82,8 @@ def render_layer(record: dict[str, Any], picked: InputImage, name: str) -> None:
         key=f"ex_conf{record['block']}",
     )
     load.plotly_chart(make_expert_load(record), key=f"ex_load{record['block']}")
+    load.caption("Tokens per expert: served, in the expert's colour; grey above them: chose it but found it full "
+                 "(dropped); red dashes, when fewer than the tokens: its capacity.")  # fmt: skip
 
 
 def table_point(table: dict[str, Any], top_k: int, capacity: float, defaults: dict[str, Any]) -> dict[str, Any] | None:

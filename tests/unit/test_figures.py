@@ -83,3 +83,18 @@ def test_each_curves_current_point_takes_the_curves_colour():
     assert one[-1]["marker"]["color"] == FIRED and one[-1]["name"] == "now"  # a single current point: red
     compare = make_accuracy_curve(curves, current={"#1": (100, 0.8), "#2": (50, 0.79)}).to_dict()["data"]
     assert [s["marker"]["color"] for s in compare[2:]] == [FIRED, FIRED]  # configurations: red, labelled
+
+
+def test_the_expert_load_has_no_legend_to_misname_its_colours():
+    """The served bars take each expert's colour, as on the maps; a legend would show one of
+    them as "served", so the chart has none and the page's caption names the colours."""
+    from components.figures import SKIPPED, make_expert_load
+    from components.overlays import expert_colour
+
+    record = {"load": [9, 9, 3, 9], "demand": [47, 19, 3, 53], "capacity": 9, "tokens": 65}
+    fig = make_expert_load(record).to_dict()
+    demand, served = fig["data"]
+    assert demand["marker"]["color"] == SKIPPED
+    assert list(served["marker"]["color"]) == [f"rgb{expert_colour(e)}" for e in range(4)]
+    assert not fig["layout"]["showlegend"]
+    assert any(a["text"] == "capacity 9" for a in fig["layout"]["annotations"])
