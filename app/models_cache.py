@@ -11,6 +11,7 @@ import torch
 
 import models
 from models.core import EVAL_DIR, DynamicModel
+from models.evaluate import sha256
 
 # Half the cores for the models: the browser draws the page on the others. With torch's default
 # (every core) and the browser busy, OpenMP's threads wait on each other: on a 2-core machine
@@ -48,7 +49,14 @@ def eval_table(name: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+@st.cache_resource(show_spinner=False)
+def loaded_weights_sha256(name: str) -> str:
+    """The sha256 of the weights file the model was loaded from: read once per process, as the
+    model is, and not taken from its card (a weights file replaced without its card would pass)."""
+    return sha256(load_model(name).card.weights)
+
+
 def table_matches_weights(name: str) -> bool:
     """Whether the eval table was measured on the weights the app has loaded."""
     table = eval_table(name)
-    return table is not None and table.get("weights_sha256") == load_model(name).card.meta.get("weights_sha256")
+    return table is not None and table.get("weights_sha256") == loaded_weights_sha256(name)

@@ -104,11 +104,11 @@ def make_pruned_map(image: Image.Image, kept: np.ndarray) -> Image.Image:
 
 
 def make_expert_map(image: Image.Image, experts: np.ndarray) -> Image.Image:
-    """Each patch tinted by the expert its token went to; ``-1`` (every choice dropped by the
-    capacity limit: the token skipped the MLP) dark.
+    """Each patch tinted by the expert its token went to, for one choice rank; ``-1`` (that
+    choice dropped by the capacity limit) dark. A token dark on every rank's map skipped the MLP.
 
     Args:
-        experts: ``(G, G)`` expert index per patch, -1 for dropped.
+        experts: ``(G, G)`` expert index per patch at one choice rank, -1 for dropped.
     """
     colours = np.array([expert_colour(e) if e >= 0 else GONE for e in experts.ravel()], dtype=np.uint8)
     return tint_patches(image, colours.reshape(*experts.shape, 3), np.where(experts >= 0, 0.55, 0.8))

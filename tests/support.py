@@ -28,7 +28,7 @@ IDLE_JS = """() => document.querySelector('[data-testid="stApp"][data-test-scrip
     && !document.querySelector('[data-testid="stStatusWidget"]')"""
 
 
-APP = ("-m", "app")  # make run's command: streamlit run app/main.py with its imports started at once
+APP = ("-m", "app")  # make run's command: streamlit run app/main.py, its imports started once the server is up
 STREAMLIT_RUN = ("-m", "streamlit", "run", str(ROOT / "app" / "main.py"))
 
 

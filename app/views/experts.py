@@ -197,7 +197,8 @@ def render_expert_run(picked: InputImage, x: torch.Tensor) -> None:
             st.caption(f"With k = {STATIC_TOP_K} and no drops, the network would say **{classes[static.prediction]}**.")
     st.caption(
         "Every token is kept on this page (token reduction off), so the maps cover every patch. Colours are the "
-        "experts, as in the load charts; dark patches had every choice dropped and skipped the MLP."
+        "experts, as in the load charts; a patch is dark on a map where its choice of that rank was dropped, "
+        "and a patch dark on every map skipped the MLP."
     )
     for record, name in zip(moe, layer_names(trace), strict=True):
         render_layer(record, picked, name)

@@ -74,6 +74,30 @@ def test_early_exits_page_renders_for_the_default_example():
     assert scopes == ["At this threshold", "At this threshold", "At any threshold"]  # overthinking, said which
 
 
+def test_the_test_set_panel_needs_a_table_measured_on_the_loaded_weights_file(monkeypatch):
+    """The app hashes the weights file its model was loaded from, not the card's record of it:
+    a file whose bytes differ from the eval table's gets a warning instead of the panel."""
+    from app import models_cache
+
+    hashed, real = [], models_cache.sha256
+
+    def file_sha256(path):
+        hashed.append(path.name)
+        return "0" * 64 if path.name == "early_exit.safetensors" else real(path)
+
+    monkeypatch.setattr(models_cache, "sha256", file_sha256)
+    models_cache.loaded_weights_sha256.clear()
+    try:
+        at = open_page(EARLY_EXITS)
+        assert "early_exit.safetensors" in hashed
+        assert any("No evaluation table for these weights" in w.value for w in at.warning)
+        assert not any("test set" in s.value for s in at.subheader)
+    finally:
+        models_cache.loaded_weights_sha256.clear()
+    monkeypatch.undo()
+    assert "test set" in " ".join(s.value for s in open_page(EARLY_EXITS).subheader)  # the real file: the panel
+
+
 def markdown_table(at: AppTest, header: str) -> list[list[str]]:
     """The cells of the Markdown table (``render_small_table``) whose header row is ``header``."""
     table = next(m.value for m in at.markdown if m.value.startswith(header))

@@ -7,7 +7,7 @@
 - slider release to updated figure in Chromium (median ms), and the real server's time for the
   same reruns (rerun request to ``script_finished``, at the network layer);
 - cold start to the first rendered early-exit figure (s): ``make run``'s ``python -m app``
-  (imports started with the server) against plain ``streamlit run app/main.py``;
+  (imports started once the server is up) against plain ``streamlit run app/main.py``;
 - model latency per threshold at batch size 1 on test images, and the ratio to the static
   network at the operating point the issue names: early exits at <= 50 % of the FLOPs, block
   skipping at its default threshold, token pruning at the keep ratio saving >= 30 % of the
