@@ -53,7 +53,8 @@ def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
         depth = "16-bit" if "16" in mode else "high bit depth"
         notes.append(f"{depth} grayscale image: contrast-stretched (min to max) to 8 bits.")
         return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+    # an alpha channel, or one colour marked transparent (a PNG's tRNS: palette, RGB or grayscale)
+    if mode in ("RGBA", "LA", "PA") or (mode in ("P", "RGB", "L", "1") and "transparency" in img.info):
         notes.append("Transparent areas were filled with white.")
         return _flatten_alpha(img)
     if mode == "CMYK":

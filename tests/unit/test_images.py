@@ -118,6 +118,19 @@ def test_palette_with_transparency_is_flattened_on_white():
     assert any("Transparent" in n for n in loaded.notes)
 
 
+@pytest.mark.parametrize(("mode", "key"), [("RGB", (0, 0, 0)), ("L", 0)])
+def test_a_colour_marked_transparent_is_flattened_on_white(mode, key):
+    """A PNG without alpha can mark one colour transparent (tRNS): those pixels are filled with
+    white like any other transparency, not shown in their key colour."""
+    img = Image.new(mode, (8, 8), key)
+    img.paste(Image.new(mode, (4, 8), (200, 0, 0) if mode == "RGB" else 200), (4, 0))
+    loaded = load_image(encode(img, "PNG", transparency=key))
+    arr = np.asarray(loaded.image)
+    assert arr[0, 0].tolist() == [255, 255, 255]  # the transparent colour
+    assert arr[0, 7].tolist() == ([200, 0, 0] if mode == "RGB" else [200, 200, 200])  # an opaque pixel as it was
+    assert any("Transparent" in n for n in loaded.notes)
+
+
 def test_alpha_is_flattened_on_white():
     img = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
     loaded = load_image(encode(img, "PNG"))
