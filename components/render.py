@@ -26,7 +26,7 @@ def render_knobs(
         current = current_value(key, defaults.get(knob.key, knob.default))
         if knob.options:
             names = dict(zip(knob.options, knob.option_labels or knob.options, strict=True))
-            index = current_index(key, knob.options, knob.default)
+            index = current_index(key, knob.options, defaults.get(knob.key, knob.default))
             values[knob.key] = st.selectbox(
                 knob.label, knob.options, index=index, key=key, help=knob.help, format_func=names.__getitem__,
                 disabled=disabled,

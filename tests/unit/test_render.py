@@ -43,3 +43,20 @@ def test_a_latency_that_did_not_fall_with_the_flops_is_explained_once():
     assert slower_than_flops_note(0.50, Timing(3.9, 7.9, 1.1)) is None  # early exits: time fell with the FLOPs
     assert slower_than_flops_note(0.84, Timing(10.0, 10.0, 1.1)) is None  # within the margin
     assert slower_than_flops_note(0.47, Timing(13.3, 13.2, 2.0)) is None  # rough: the caveat says so instead
+
+
+def choice_knob_page() -> None:
+    """A page with one choice knob whose default the card overrides (AppTest runs this alone)."""
+    from components.render import render_knobs
+    from models.core import Knob
+
+    knob = Knob("mode", "Mode", 0, 0, 0, "a", "Which mode.", options=("a", "b"))
+    render_knobs((knob,), {"mode": "b"}, key_of=lambda key: f"knob:test:{key}")
+
+
+def test_a_choice_knob_starts_at_the_cards_default_not_the_knobs_own():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_function(choice_knob_page).run()
+    assert not at.exception
+    assert at.selectbox[0].value == "b"
