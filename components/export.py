@@ -1,15 +1,17 @@
-"""The Compare page's download: every configuration side by side as one PNG, drawn with
-matplotlib (it needs no browser, unlike exporting plotly figures).
+"""The Compare page's downloads: every configuration side by side as one PNG, drawn with
+matplotlib (it needs no browser, unlike exporting plotly figures), and their traces as JSON.
 
-Pure: panels in, PNG bytes out.
+Pure: panels in, PNG bytes out; configurations in, JSON text out.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from matplotlib.figure import Figure
 from PIL import Image
@@ -28,6 +30,17 @@ class Panel:
     lines: tuple[str, ...]
     image: Image.Image
     trace: Trace
+
+
+def comparison_json(input_name: str, configurations: Sequence[dict[str, Any]]) -> str:
+    """Each configuration's numbers and its whole trace (``trace``: a :class:`Trace`). The trace
+    carries the latency the page showed (``latency_ms``, the fastest of the repeated runs) in
+    place of the one of the run that made it, so that the file gives one latency per
+    configuration."""
+    rows = [
+        {**c, "trace": json.loads(replace(c["trace"], latency_ms=c["latency_ms"]).to_json())} for c in configurations
+    ]
+    return json.dumps({"input": input_name, "configurations": rows})
 
 
 def make_comparison_png(panels: Sequence[Panel], *, dpi: int = 110) -> bytes:

@@ -3,7 +3,6 @@ a budget of mean compute when asked, with every model's accuracy-compute curve o
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +14,7 @@ from app import state
 from app.common import LATENCY_REPEATS, model_input, path_latency, render_page_header, thumbnail
 from app.inputs import InputImage
 from app.models_cache import eval_table, load_model, table_matches_weights
-from components.export import Panel, make_comparison_png
+from components.export import Panel, comparison_json, make_comparison_png
 from components.figures import make_accuracy_curve
 from components.pictures import decision_of, mechanism_picture
 from components.render import NOISY_SPREAD, Timing, current_index, current_value, render_knobs
@@ -229,22 +228,14 @@ def render_curves(configs: list[Config], budget: float | None) -> None:
 
 
 def export_json(configs: list[Config], picked: InputImage) -> str:
-    return json.dumps(
-        {
-            "input": picked.name,
-            "configurations": [
-                {
-                    "model": c.name,
-                    "latency_ms": c.timing.ms,
-                    "full_latency_ms": c.timing.full_ms,
-                    "latency_spread": c.timing.spread,
-                    "test_point": c.point,
-                    "trace": json.loads(c.trace.to_json()),
-                }
-                for c in configs
-            ],
-        }
-    )
+    return comparison_json(
+        picked.name,
+        [
+            {"model": c.name, "latency_ms": c.timing.ms, "full_latency_ms": c.timing.full_ms,
+             "latency_spread": c.timing.spread, "test_point": c.point, "trace": c.trace}
+            for c in configs
+        ],
+    )  # fmt: skip
 
 
 def render_exports(configs: list[Config], pictures: list[Image.Image], picked: InputImage) -> None:

@@ -97,3 +97,22 @@ def test_each_current_point_on_a_shared_curve_chart_has_its_own_marker():
     )
     symbols = [t.marker.symbol for t in fig.data if t.name.endswith(" — now")]
     assert len(symbols) == 2 and len(set(symbols)) == 2
+
+
+def test_the_traces_download_gives_one_latency_per_configuration():
+    """The JSON download's trace carries the latency the page showed (the fastest repeated run),
+    not the first run's, which the trace was made with."""
+    import json
+
+    from components.export import comparison_json
+
+    model = models.get("early_exit")
+    trace = model.trace(torch.rand(1, 3, 32, 32))
+    shown = trace.latency_ms / 2
+    row = {"model": "early_exit", "latency_ms": shown, "full_latency_ms": 9.0, "latency_spread": 1.1,
+           "test_point": None, "trace": trace}  # fmt: skip
+    out = json.loads(comparison_json("cat.jpg", [row]))
+    assert out["input"] == "cat.jpg"
+    (config,) = out["configurations"]
+    assert config["latency_ms"] == config["trace"]["latency_ms"] == shown
+    assert config["trace"]["flops"] == trace.flops and config["trace"]["knobs"] == trace.knobs
