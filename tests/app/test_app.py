@@ -58,7 +58,9 @@ def test_the_app_leaves_half_the_cores_to_the_browser():
     run = threading.Thread(target=lambda: (use_inference_threads(), seen.append(torch.get_num_threads())))
     run.start()
     run.join()
-    assert seen == [INFERENCE_THREADS] and max(1, (os.cpu_count() or 2) // 2) == INFERENCE_THREADS
+    assert seen == [INFERENCE_THREADS]
+    cores = os.cpu_count() or 1
+    assert 1 <= INFERENCE_THREADS <= max(1, cores // 2)  # at least one; the other half of the cores: the browser's
 
 
 def test_early_exits_page_renders_for_the_default_example():
@@ -209,8 +211,10 @@ def test_a_latency_measured_on_a_busy_machine_is_flagged_as_rough(monkeypatch):
     import itertools
     from dataclasses import replace
 
+    from app.common import path_latency
     from models.block_skip import GatedResNet
 
+    path_latency.clear()  # other tests measured this path on this image: their runs are cached
     at = open_page(BLOCK_SKIP)
     honest, times = GatedResNet.trace, itertools.cycle([1.0, 1.0, 4.0])
     monkeypatch.setattr(
