@@ -25,7 +25,9 @@ def model(request) -> DynamicModel:
 
 
 def knob_settings(model: DynamicModel, n: int = 11) -> list[dict]:
-    """The cost knob over its range, every option of the other knobs."""
+    """The cost knob over its range, every option of the other knobs; then each other numeric
+    knob at the ends of its range (the transformer's k = 1 and E, a capacity that drops expert
+    choices), with every option and the cost knob at its ends."""
     cost = next(k for k in model.knobs if k.key == model.cost_knob)
     grids = [
         [(k.key, v) for v in (k.options or [k.default])] for k in model.knobs if k.key != model.cost_knob
@@ -34,7 +36,11 @@ def knob_settings(model: DynamicModel, n: int = 11) -> list[dict]:
     for grid in grids:
         combos = [{**c, key: v} for c in combos for key, v in grid]
     values = np.round(np.linspace(cost.lo, cost.hi, n), 6)
-    return [{**c, cost.key: float(v)} for c in combos for v in values]
+    ends = [(k.key, end) for k in model.knobs if k.key != model.cost_knob and not k.options
+            for end in (k.lo, k.hi) if end != k.default]  # fmt: skip
+    return [{**c, cost.key: float(v)} for c in combos for v in values] + [
+        {**c, key: end, cost.key: float(v)} for key, end in ends for c in combos for v in (cost.lo, cost.hi)
+    ]
 
 
 def sample_inputs(model: DynamicModel, n: int = 4) -> list[torch.Tensor]:
