@@ -90,18 +90,32 @@ def current_input() -> InputImage | None:
 
 
 def _upload() -> InputImage | None:
+    """The uploaded image; or, when the user comes back to Upload from another source (which
+    emptied the uploader), the last good upload, said so under the empty uploader."""
     file = st.file_uploader(
         "Image", type=list(EXTENSIONS), key=state.UPLOAD,
         help="jpg, png, webp, bmp, or gif (first frame). Resized and centre-cropped to the model's input.",
     )  # fmt: skip
-    if file is None:
+    came_back = not st.session_state.get(state.UPLOAD_DRAWN, False)
+    st.session_state[state.UPLOAD_DRAWN] = True
+    kept = st.session_state.get(state.KEPT_UPLOAD)
+    if file is not None:
+        name, data = file.name, file.getvalue()
+        st.session_state[state.KEPT_UPLOAD_SHOWN] = False
+    elif kept is not None and (came_back or st.session_state.get(state.KEPT_UPLOAD_SHOWN)):
+        (name, data), st.session_state[state.KEPT_UPLOAD_SHOWN] = kept, True
+        st.caption(f"Still using **{name}**, uploaded before another source was chosen. Upload an image to replace it.")
+    else:  # nothing uploaded, or the user removed the upload
+        st.session_state.pop(state.KEPT_UPLOAD, None)
         return None
-    data = file.getvalue()
     try:
-        return decode_upload(_digest(data), file.name, data)
+        picked = decode_upload(_digest(data), name, data)
     except InputError as err:
         st.session_state[state.INPUT_ERROR] = str(err)
+        st.session_state.pop(state.KEPT_UPLOAD, None)
         return None
+    st.session_state[state.KEPT_UPLOAD] = (name, data)
+    return picked
 
 
 def _test_image() -> InputImage | None:
@@ -136,6 +150,8 @@ def render_input_sidebar() -> None:
         st.header("Input")
         source = st.radio("Source", [UPLOAD, TEST, EXAMPLE], key=state.SOURCE, index=2, horizontal=False)
         picked = {UPLOAD: _upload, TEST: _test_image, EXAMPLE: _example}[source]()
+        if source != UPLOAD:
+            st.session_state[state.UPLOAD_DRAWN] = False
         st.session_state[state.INPUT] = picked
         if st.session_state[state.INPUT_ERROR]:
             st.error(st.session_state[state.INPUT_ERROR])

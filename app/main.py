@@ -31,6 +31,8 @@ PAGES = {
 }
 
 page = st.navigation(PAGES)
+st.session_state[state.PREVIOUS_PAGE] = st.session_state.get(state.PAGE)  # a page can tell a visit from a rerun
+st.session_state[state.PAGE] = page.url_path
 state.keep_settings()
 render_input_sidebar()  # on every page, so the chosen input survives a visit to the Overview
 page.run()

@@ -12,6 +12,11 @@ INPUT = "input"  # the selected InputImage, or None
 INPUT_ERROR = "input_error"  # the message of the last refused upload
 SOURCE = "source"  # sidebar radio: upload / test image / example
 UPLOAD = "upload"
+# Streamlit empties a file uploader that a run does not draw (the sidebar draws it only while
+# the source is Upload): the last good upload is kept here, (name, bytes), to come back to
+KEPT_UPLOAD = "kept_upload"
+UPLOAD_DRAWN = "upload_drawn"  # whether the last run drew the uploader
+KEPT_UPLOAD_SHOWN = "kept_upload_shown"  # whether the empty uploader stands for the kept upload
 TEST_INDEX = "test_index"
 EXAMPLE = "example"
 
@@ -41,7 +46,10 @@ VIDEO_MODEL = "video:model"
 VIDEO_REUSE = "video:reuse"
 VIDEO_FRAME = "video:frame"  # the scrubber
 VIDEO_DECODED = "video:decoded"  # (key, Video): the last decoded upload, one per session
-VIDEO_RESULTS = "video:results"  # (key, results): the last per-frame run, one per session
+VIDEO_RESULTS = "video:results"  # (key, frame thumbnails, traces by frame): the last model and knobs, one per session
+VIDEO_KEPT_UPLOAD = "video_kept_upload"  # (name, bytes): the last good video upload, as KEPT_UPLOAD
+VIDEO_KEPT_SHOWN = "video_kept_shown"  # whether the empty video uploader stands for the kept upload
+PAGE, PREVIOUS_PAGE = "page", "previous_page"  # the page of this full run and of the one before
 
 
 def video_knob_key(model: str, knob: str) -> str:
@@ -65,8 +73,9 @@ ATTRIBUTION_SLOW = "attribution:slow"  # the (model, image, knobs) whose slow at
 # another source is chosen) and the model the attribution panel explains; all have fixed ranges
 # and are drawn with their current value (components.render.current_value). Not the Compare
 # budget slider (its range follows the chosen models: the page keeps the value itself, in
-# COMPARE_BUDGET_VALUE), the video scrubber (its range follows the video), the upload
-# (Streamlit does not let a file uploader's value be set) or the decoded frames and results.
+# COMPARE_BUDGET_VALUE), the video scrubber (its range follows the video), the uploads
+# (Streamlit does not let a file uploader's value be set: the last good image and video are
+# kept apart, KEPT_UPLOAD and VIDEO_KEPT_UPLOAD) or the decoded frames and results.
 KEPT = ("knob:", "compare:", "video:")
 KEPT_KEYS = (TEST_INDEX, EXAMPLE, ATTRIBUTION_MODEL)
 NOT_KEPT = (COMPARE_BUDGET, COMPARE_MATCHED, VIDEO_UPLOAD, VIDEO_FRAME, VIDEO_DECODED, VIDEO_RESULTS)

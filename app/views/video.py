@@ -65,27 +65,56 @@ def decoded(data: bytes, fps: float, max_frames: int, spread: bool) -> Video:
 
 
 def frame_results(video: Video, video_key: tuple, name: str, knobs: dict[str, Any], reuse: float) -> list[FrameResult]:
-    """The model on every sampled frame (or the reused result), for the last setting only."""
-    key = (video_key, name, tuple(sorted(knobs.items())), reuse)
+    """The model on every sampled frame, or the reused result. Each frame's trace is kept for
+    the last model and knobs (bounded memory), so that moving the reuse knob runs the model
+    only on frames no earlier setting ran it on."""
+    key = (video_key, name, tuple(sorted(knobs.items())))
     cached = st.session_state.get(state.VIDEO_RESULTS)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    use_inference_threads()
+    if cached is None or cached[0] != key:
+        st.session_state[state.VIDEO_RESULTS] = None  # free the previous setting's first
+        model = load_model(name)
+        thumbs = [np.asarray(square_thumbnail(f.image, model.input_size)) for f in video.frames]
+        cached = (key, thumbs, {})
+        st.session_state[state.VIDEO_RESULTS] = cached
+    _, thumbs, traces = cached
     model = load_model(name)
-    thumbs = [np.asarray(square_thumbnail(f.image, model.input_size)) for f in video.frames]
+    bar = None
 
     def infer(i: int):
-        x = to_model_input(video.frames[i].image, size=model.input_size, mean=model.mean, std=model.std)
-        return model.trace(x, **knobs)
+        nonlocal bar
+        if i not in traces:
+            if bar is None:  # only when the model runs
+                bar = st.progress(0.0, text=f"Running {model.title} on the frames...")
+            x = to_model_input(video.frames[i].image, size=model.input_size, mean=model.mean, std=model.std)
+            traces[i] = model.trace(x, **knobs)
+            bar.progress((i + 1) / len(thumbs))
+        return traces[i]
 
-    bar = st.progress(0.0, text=f"Running {model.title} on {len(thumbs)} frames...")
+    use_inference_threads()
     try:
         with torch.inference_mode():
-            results = run_frames(thumbs, infer, reuse_below=reuse, progress=lambda f: bar.progress(f))
+            return run_frames(thumbs, infer, reuse_below=reuse)
     finally:
-        bar.empty()
-    st.session_state[state.VIDEO_RESULTS] = (key, results)
-    return results
+        if bar is not None:
+            bar.empty()
+
+
+def kept_upload(file: Any) -> tuple[str, bytes] | None:
+    """The uploaded video as (name, bytes); or, when the user comes back from another page
+    (which emptied the uploader), the last upload, said so under the empty uploader."""
+    came_back = st.session_state.get(state.PREVIOUS_PAGE) != st.session_state.get(state.PAGE)
+    kept = st.session_state.get(state.VIDEO_KEPT_UPLOAD)
+    if file is not None:
+        upload, st.session_state[state.VIDEO_KEPT_SHOWN] = (file.name, file.getvalue()), False
+    elif kept is not None and (came_back or st.session_state.get(state.VIDEO_KEPT_SHOWN)):
+        upload, st.session_state[state.VIDEO_KEPT_SHOWN] = kept, True
+        st.caption(f"Still using **{kept[0]}**, uploaded before you visited another page. Upload a video to "
+                   "replace it.")  # fmt: skip
+    else:  # nothing uploaded, or the user removed the upload
+        st.session_state.pop(state.VIDEO_KEPT_UPLOAD, None)
+        return None
+    st.session_state[state.VIDEO_KEPT_UPLOAD] = upload
+    return upload
 
 
 def render_summary(video: Video, results: list[FrameResult], name: str) -> None:
@@ -151,9 +180,12 @@ def render_scrubbed(video: Video, results: list[FrameResult], name: str) -> None
     above it, which Streamlit keeps and which this run may no longer assign."""
     state.keep_settings(also=(), skip=state.video_settings_drawn(name))
     times = [f.time_s for f in video.frames]
+    labels = [f"{t:.2f} s" for t in times]
+    if len(set(labels)) < len(labels):  # frames under 10 ms apart: Streamlit maps a repeated label to its last frame
+        labels = [f"frame {i + 1}, {t:.3f} s" for i, t in enumerate(times)]
     index = (
         st.select_slider("Frame", options=range(len(results)), value=0, key=state.VIDEO_FRAME,
-                         format_func=lambda i: f"{times[i]:.2f} s", help="The sampled frames, by their time in the video.")
+                         format_func=labels.__getitem__, help="The sampled frames, by their time in the video.")
         if len(results) > 1 else 0
     )  # fmt: skip
     classes = load_model(name).card.classes
@@ -177,9 +209,10 @@ def render_video() -> None:
     st.caption("Any model, frame by frame: what it decided over time, and the compute a video's redundancy can save.")
     file = st.file_uploader("Video", type=list(EXTENSIONS), key=state.VIDEO_UPLOAD,
                             help="mp4, webm, mov, mkv, avi or an animated gif; decoded with PyAV (FFmpeg).")  # fmt: skip
+    upload = kept_upload(file)
     kept = current_value  # the page's settings are kept between pages (app.state.keep_settings)
     sample = st.toggle("No video at hand? Use the sample clip", kept(state.VIDEO_SAMPLE, False), key=state.VIDEO_SAMPLE,
-                       help=SAMPLE_HELP, disabled=file is not None)  # fmt: skip
+                       help=SAMPLE_HELP, disabled=upload is not None)  # fmt: skip
     sampling = current_index(state.VIDEO_SPREAD, SAMPLING, SAMPLING[0])
     spread = st.radio("Sample", SAMPLING, index=sampling, horizontal=True, key=state.VIDEO_SPREAD,
                       help=SAMPLING_HELP) == SAMPLING[1]  # fmt: skip
@@ -189,15 +222,17 @@ def render_video() -> None:
     max_frames = b.slider("Maximum frames", 5, 300, kept(state.VIDEO_MAX_FRAMES, 60), step=5, key=state.VIDEO_MAX_FRAMES,
                           help="From the start: a longer video is sampled up to this many frames. Across the whole "
                           "video: this many frames, evenly spaced.")  # fmt: skip
-    if file is None and not sample:
+    if upload is None and not sample:
         for key in (state.VIDEO_DECODED, state.VIDEO_RESULTS):  # up to 300 frames: not kept for nothing
             st.session_state.pop(key, None)
         st.info("Upload a video to run a model on its frames, or use the sample clip.")
         return
-    clip, data = (file.name, file.getvalue()) if file is not None else (SAMPLE_NAME, sample_clip())
+    clip, data = upload if upload is not None else (SAMPLE_NAME, sample_clip())
     try:
         video = decoded(data, fps, max_frames, spread)
     except VideoError as err:
+        for key in (state.VIDEO_RESULTS, state.VIDEO_KEPT_UPLOAD):
+            st.session_state.pop(key, None)
         st.error(f"{clip}: {err}")
         return
     length = f"{video.duration_s:.1f} s" if video.duration_s else "unknown length"

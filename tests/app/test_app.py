@@ -149,6 +149,27 @@ def test_uploading_a_real_photo(photos):
     assert metric(at, "True label") == "unknown"  # an upload carries no label
 
 
+def test_an_upload_is_still_there_after_another_source_was_chosen(photos):
+    """Streamlit empties the uploader while the sidebar does not draw it: coming back to Upload
+    finds the last upload, said so; a new upload replaces it, and removing that leaves none."""
+    at = open_page(EARLY_EXITS)
+    first, second = photos[0], photos[1]
+    upload(at, first.name, first.read_bytes(), "image/jpeg")
+    uploaded = at.session_state["input"].key
+    at.sidebar.radio(key="source").set_value(EXAMPLE).run()
+    assert at.session_state["input"].key != uploaded
+    at.sidebar.radio(key="source").set_value(UPLOAD).run()
+    assert (at.session_state["input"].key, at.session_state["input"].name) == (uploaded, first.name)
+    assert any(c.value.startswith(f"Still using **{first.name}**") for c in at.sidebar.caption)
+    slider(at, "Confidence threshold").set_value(0.9).run()  # a rerun keeps it
+    assert at.session_state["input"].key == uploaded and not at.exception
+    at.sidebar.get("file_uploader")[0].set_value((second.name, second.read_bytes(), "image/jpeg")).run()
+    assert at.session_state["input"].name == second.name
+    assert not any(c.value.startswith("Still using") for c in at.sidebar.caption)
+    at.sidebar.get("file_uploader")[0].set_value(None).run()  # the user removes it
+    assert at.session_state["input"] is None and not at.exception
+
+
 @pytest.mark.parametrize(
     ("name", "data", "message"),
     [
@@ -575,9 +596,10 @@ def test_video_page_samples_across_the_whole_video():
     assert "one every 2.40 s across the whole video" in caption, caption
 
 
-def test_video_keeps_its_settings_while_the_user_visits_others():
-    """The sampling, the model, its knobs and the reuse threshold are kept; the upload is not
-    (Streamlit cannot set a file uploader), so the page asks for the video again."""
+def test_video_keeps_its_settings_and_its_video_while_the_user_visits_others():
+    """The sampling, the model, its knobs and the reuse threshold are kept; Streamlit empties the
+    uploader, so the page keeps the last video itself and says so; a new upload replaces it, and
+    removing that leaves none."""
     at = open_page(VIDEO)
     at.get("file_uploader")[0].set_value(("clip.mp4", make_video(seconds=2.0), "video/mp4")).run()
     at.radio(key="video:spread").set_value("across the whole video").run()
@@ -585,15 +607,42 @@ def test_video_keeps_its_settings_while_the_user_visits_others():
     at.selectbox(key="video:model").set_value("block_skip").run()
     at.slider(key="video:block_skip:threshold").set_value(0.6).run()
     at.slider(key="video:reuse").set_value(0.05).run()
+    frames = metric(at, "Frames sampled")
     at.switch_page(EARLY_EXITS).run()
     at.switch_page(VIDEO).run()
-    assert not at.exception and not at.warning and any("Upload a video" in i.value for i in at.info)
+    assert not at.exception and not at.warning and not at.info
+    assert any(c.value.startswith("Still using **clip.mp4**") for c in at.caption)
+    assert metric(at, "Frames sampled") == frames and at.toggle(key="video:sample").disabled
     assert (
         at.radio(key="video:spread").value == "across the whole video" and at.slider(key="video:max_frames").value == 10
     )
-    at.get("file_uploader")[0].set_value(("clip.mp4", make_video(seconds=2.0), "video/mp4")).run()
     assert at.selectbox(key="video:model").value == "block_skip" and at.slider(key="video:reuse").value == 0.05
-    assert at.slider(key="video:block_skip:threshold").value == 0.6 and not at.exception
+    assert at.slider(key="video:block_skip:threshold").value == 0.6
+    at.slider(key="video:reuse").set_value(0.0).run()  # a rerun on the page keeps the video
+    assert metric(at, "Frames sampled") == frames and not at.exception
+    at.get("file_uploader")[0].set_value(("other.gif", make_video(seconds=1.0, fmt="gif"), "image/gif")).run()
+    assert not any(c.value.startswith("Still using") for c in at.caption)
+    assert any(c.value.startswith("other.gif: ") for c in at.caption) and not at.exception
+    at.get("file_uploader")[0].set_value(None).run()  # the user removes it
+    assert any("Upload a video" in i.value for i in at.info) and not at.exception
+
+
+def test_moving_the_reuse_knob_runs_the_model_only_on_frames_not_run_before(monkeypatch):
+    """Each frame's trace is kept for the model and knobs: a new reuse threshold picks among
+    them, and runs the model only on a frame no earlier threshold ran it on."""
+    from models.early_exit import EarlyExitResNet
+
+    at = open_page(VIDEO)
+    at.get("file_uploader")[0].set_value(("clip.mp4", make_video(seconds=2.0, still_from=0.5), "video/mp4")).run()
+    assert metric(at, "Model runs") == "4"
+    honest, calls = EarlyExitResNet.trace, []
+    monkeypatch.setattr(EarlyExitResNet, "trace", lambda self, x, **k: calls.append(1) or honest(self, x, **k))
+    at.slider(key="video:reuse").set_value(0.02).run()
+    assert int(metric(at, "Model runs")) < 4 and calls == []  # fewer frames, each already run
+    at.slider(key="video:reuse").set_value(0.0).run()
+    assert metric(at, "Model runs") == "4" and calls == [] and not at.exception
+    at.selectbox(key="video:model").set_value("vit_tokens").run()  # another model: its own runs
+    assert metric(at, "Model runs") == "4"
 
 
 def test_a_shorter_video_after_scrubbing_far_does_not_stop_the_page():
@@ -603,6 +652,20 @@ def test_a_shorter_video_after_scrubbing_far_does_not_stop_the_page():
     at.select_slider(key="video:frame").set_value(7).run()
     at.get("file_uploader")[0].set_value(("short.mp4", make_video(seconds=1.5), "video/mp4")).run()
     assert not at.exception and at.select_slider(key="video:frame").options == ["0.00 s", "0.50 s", "1.00 s"]
+
+
+def test_frames_under_10_ms_apart_each_get_a_place_on_the_scrubber():
+    """Streamlit maps a repeated label to its last option: a slow-motion clip sampled across its
+    length (frames 4 ms apart) would have every other frame out of reach with labels to 10 ms."""
+    at = open_page(VIDEO)
+    at.get("file_uploader")[0].set_value(("slow.mp4", make_video(seconds=0.5, fps=240), "video/mp4")).run()
+    at.radio(key="video:spread").set_value("across the whole video").run()
+    at.slider(key="video:max_frames").set_value(300).run()
+    scrubber = at.select_slider(key="video:frame")
+    assert len(set(scrubber.options)) == len(scrubber.options) > 100
+    assert scrubber.options[0] == "frame 1, 0.000 s"
+    scrubber.set_value(2).run()
+    assert not at.exception and at.select_slider(key="video:frame").value == 2
 
 
 @pytest.mark.parametrize(
