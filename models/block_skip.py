@@ -13,8 +13,9 @@ network: every block runs and no gate is evaluated.
 
 Training (ConvNet-AIG): Gumbel-sigmoid gate samples with straight-through hard decisions, plus
 a loss that pulls each gate's execution rate towards a target rate. As in SkipNet and
-BlockDrop, the backbone starts from a trained network (the early-exit model's weights, mapped
-by :meth:`GatedResNet.init_from`); the new blocks start as identities.
+BlockDrop, the backbone can start from a trained network (``models.train --init`` with the
+early-exit model's weights, mapped by :meth:`GatedResNet.init_from`; the new blocks then start
+as identities). The shipped weights were trained from scratch (their card's lineage).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import functools
 import hashlib
 import io
 import os
+import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -147,9 +148,16 @@ def _cached_raw(path: Path | None, folder: str) -> tuple[np.ndarray, np.ndarray]
         with np.load(cached) as npz:
             return npz["images"], npz["labels"]
     images, labels = _torchvision_split(folder) if path is None else _raw_split(path, folder)
-    tmp = cached.with_suffix(".tmp.npz")
-    np.savez(tmp, images=images, labels=labels)
-    tmp.replace(cached)
+    # a temporary file of this process's own, then an atomic rename: runs started together
+    # (make train-gpu starts four) each write their own copy, and the last rename wins whole
+    fd, tmp = tempfile.mkstemp(prefix=f"{cached.stem}.", suffix=".tmp.npz", dir=cached.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            np.savez(out, images=images, labels=labels)
+        os.replace(tmp, cached)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return images, labels
 
 

@@ -20,8 +20,9 @@ no mask unit evaluated.
 Training (DynConv): Gumbel-sigmoid masks with straight-through hard decisions; the residual is
 computed densely and multiplied by the mask (exact: outputs at kept positions equal the sparse
 path's), plus a sparsity loss that pulls the network's conv cost, counted with the dilated
-masks of the first convolutions, towards a target. The backbone starts from the gated ResNet's
-trained weights.
+masks of the first convolutions, towards a target. The backbone can start from the gated
+ResNet's trained weights (``models.train --init``); the shipped weights were trained from
+scratch (their card's lineage).
 """
 
 from __future__ import annotations

@@ -74,10 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--autoaugment", action="store_true", help="AutoAugment's CIFAR-10 policy after crop and flip, before Cutout"
     )
     p.add_argument("--mix", action="store_true", help="CutMix or MixUp (one per batch, ratio ~ Beta(1, 1)), last")
-    p.add_argument("--limit", type=int, help="train on the first N images only (smoke tests)")
+    p.add_argument("--limit", type=int, help="train, and validate, on the first N images of each only (smoke tests)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument(
-        "--init", type=Path, help="start from these weights: continue a run, or (block_skip) the early-exit backbone"
+        "--init",
+        type=Path,
+        help="start from these weights: continue a run, or another model's backbone (block_skip from early_exit's, "
+        "pixel_mask from block_skip's)",
     )
     p.add_argument("--init-card", type=Path, help="the card of --init, kept in the new card as its lineage")
     p.add_argument(
@@ -112,6 +115,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--stop-after", type=int, metavar="N", help="end this invocation after N epochs (needs --checkpoint)"
     )
     args = p.parse_args(argv)
+    if args.epochs < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
+        p.error("--epochs, --batch-size and --limit must be at least 1")
+    try:  # before any data is read: a misspelt loss setting fails at once, not at the first step
+        loss_keywords(models.model_class(args.model), args.loss)
+    except ValueError as err:
+        p.error(f"--loss: {err}")
     if args.limit and args.out is None:
         p.error("a --limit run must not replace the shipped weights: give --out")
     if args.stop_after is not None and (args.checkpoint is None or args.stop_after < 1):
@@ -153,8 +162,23 @@ def loss_settings(model: models.DynamicModel, overrides: list[str]) -> dict[str,
 
 
 def parse_loss(items: list[str]) -> dict[str, float]:
-    """``--loss KEY=VALUE`` items as keyword arguments of ``training_loss``."""
-    return {k: float(v) for k, v in (item.split("=", 1) for item in items)}
+    """``--loss KEY=VALUE`` items as keyword arguments of ``training_loss``. Raises ValueError."""
+    pairs = [item.split("=", 1) for item in items]
+    if bad := [item for item, pair in zip(items, pairs, strict=True) if len(pair) != 2]:
+        raise ValueError(f"not KEY=VALUE: {', '.join(bad)}")
+    return {k: float(v) for k, v in pairs}
+
+
+def loss_keywords(model_class: type[models.DynamicModel], items: list[str]) -> dict[str, float]:
+    """:func:`parse_loss`, checked against the keywords ``training_loss`` takes. Raises ValueError."""
+    params = inspect.signature(model_class.training_loss).parameters.values()
+    known = {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    given = parse_loss(items)
+    if unknown := sorted(given.keys() - known):
+        raise ValueError(
+            f"{model_class.name}'s training loss takes {', '.join(sorted(known))}, not {', '.join(unknown)}"
+        )
+    return given
 
 
 def bf16_native(device: torch.device) -> bool:
@@ -365,7 +389,8 @@ def train(args: argparse.Namespace) -> dict:
                 "cuda_rng": torch.cuda.get_rng_state_all() if args.device.type == "cuda" else None,
             })  # fmt: skip
     return {
-        "model": model, "val": val, "seconds": spent + time.time() - start, "n_train": len(train_split), "init": init,
+        "model": model, "val": val, "seconds": spent + time.time() - start, "n_train": len(train_split),
+        "n_val": len(val_split), "init": init,
         "done": epoch == planned, "epochs_done": epoch, "sessions": sessions, "record": record,
     }  # fmt: skip
 
@@ -378,9 +403,7 @@ def main(argv: list[str] | None = None) -> None:
                           "resume": "run the same command again", "checkpoint": str(checkpoint_file(args))}))  # fmt: skip
         return
     model, record = result["model"], result["record"]
-    args.out.mkdir(parents=True, exist_ok=True)
     weights = args.out / f"{args.model}.safetensors"
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
     source = resolve_source(args.data)
     card = {
         "name": args.model,
@@ -390,7 +413,8 @@ def main(argv: list[str] | None = None) -> None:
         "training": {
             "command": recorded_command(sys.argv[1:] if argv is None else argv),
             "data": f"CIFAR-10 train/ ({source.name if source else 'torchvision'}), "
-            f"{result['n_train']} images; validation hold-out of train/ excluded",
+            f"{result['n_train']} images; validation hold-out of train/ excluded ({result['n_val']} of its images "
+            "validated on)",
             "epochs": result["epochs_done"],
             **({"time_budget_s": args.time_budget, "epochs_at_most": args.epochs} if args.time_budget else {}),
             "batch_size": args.batch_size,
@@ -414,6 +438,10 @@ def main(argv: list[str] | None = None) -> None:
         "mean": list(model.mean),
         "std": list(model.std),
     }
+    # the card is complete before anything is written: the weights never replace a file whose
+    # card then fails to follow
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
     (args.out / f"{args.model}.json").write_text(json.dumps(card, indent=2) + "\n")
     if args.checkpoint:
         checkpoint_file(args).unlink(missing_ok=True)  # the run is complete: a new one starts afresh

@@ -171,6 +171,63 @@ def test_a_checkpoint_from_before_an_option_existed_still_resumes(cifar_path, tm
     assert json.loads((tmp_path / "out" / "early_exit.json").read_text())["training"]["resumed_at_epochs"] == [1]
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--epochs", "0"], "at least 1"),
+        (["--batch-size", "0"], "at least 1"),
+        (["--limit", "0"], "at least 1"),
+        (["--loss", "exit_wieght=0.3"], "not exit_wieght"),
+        (["--loss", "exit_weight"], "not KEY=VALUE"),
+        (["--loss", "exit_weight=lots"], "could not convert"),
+    ],
+)
+def test_a_run_that_could_not_end_well_is_refused_before_it_starts(tmp_path, capsys, args, says):
+    """No epoch would leave untrained weights where a card fails to follow; a misspelt loss
+    setting would fail only at the first step, after the data was read."""
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "early_exit", "--out", str(tmp_path), *args])
+    assert says in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_decoded_data_cache_is_written_whole_by_runs_started_together(tmp_path, monkeypatch):
+    """Runs started together each write their own temporary file and rename it into place."""
+    import threading
+
+    import numpy as np
+
+    from models import data
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    images, labels = np.zeros((2000, 32, 32, 3), np.uint8), np.arange(2000) % 10
+    together = threading.Barrier(6)  # every run has decoded, none has written yet
+
+    def decoded(folder):
+        together.wait()
+        return images, labels
+
+    monkeypatch.setattr(data, "_torchvision_split", decoded)
+    errors = []
+
+    def load():
+        try:
+            data._cached_raw(None, "train")
+        except Exception as err:  # any failure fails the test
+            errors.append(err)
+
+    runs = [threading.Thread(target=load) for _ in range(6)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+    assert errors == []
+    cache = tmp_path / "dynn-explorer"
+    assert [p.name for p in cache.iterdir()] == ["cifar10-torchvision-train.npz"]  # no temporary file left
+    with np.load(cache / "cifar10-torchvision-train.npz") as npz:
+        assert (npz["labels"] == labels).all()
+
+
 def test_stop_after_needs_a_checkpoint(tmp_path):
     with pytest.raises(SystemExit):
         parse_args(["--model", "early_exit", "--out", str(tmp_path), "--stop-after", "1"])
