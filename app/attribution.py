@@ -17,8 +17,8 @@ from app import state
 from app.inputs import InputImage
 from app.models_cache import load_model
 from components.overlays import make_heat_overlay
-from models.attribution import LIVE, METHODS, agreement, attribute, top_share
-from models.core import Trace
+from models.attribution import LIVE, METHODS, agreement, attribute, top_count, top_share
+from models.core import DynamicModel, Trace
 
 SLOW = tuple(m for m in METHODS if m not in LIVE)
 SHARE = 0.2  # the top share of attributed pixels the agreement numbers use
@@ -42,8 +42,11 @@ def map_setting(trace: Trace, static: bool) -> tuple[tuple[str, Any], ...]:
 
 
 def overlap(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two maps' top ``SHARE`` of pixels."""
-    ta, tb = top_share(a, SHARE), top_share(b, SHARE)
+    """Intersection over union of two maps' top ``SHARE`` of pixels, as many of each: where one
+    map has fewer pixels above zero (:func:`top_count`), the other's top as many, so that two
+    maps that agree can reach 100%."""
+    k = min(top_count(a, SHARE), top_count(b, SHARE))
+    ta, tb = top_share(a, SHARE, count=k), top_share(b, SHARE, count=k)
     union = (ta | tb).sum()
     return float((ta & tb).sum() / union) if union else float("nan")
 
@@ -52,9 +55,11 @@ def percent(value: float) -> str:
     return "n/a (no pixel attributed)" if np.isnan(value) else f"{100 * value:.0f}%"
 
 
-def rows_of(trace: Trace, model_full_flops: int) -> list[bool]:
-    """Explain the run, and the static network beside it when the run was dynamic."""
-    return [False, True] if trace.flops != model_full_flops else [False]
+def rows_of(trace: Trace, model: DynamicModel) -> list[bool]:
+    """Explain the run, and the static network beside it when the run computed another function
+    (not by its cost: a run whose last exit fired costs more than the static network, for its
+    earlier exits, and computes the same function)."""
+    return [False] if model.explained_forward(trace).static else [False, True]
 
 
 def render_attribution_panel(
@@ -73,7 +78,7 @@ def render_attribution_panel(
         f"Every map explains the class **{classes[trace.prediction]}** (this run's prediction), scaled to its own "
         "maximum; brighter = more attributed."
     )
-    rows = rows_of(trace, model.full_flops)
+    rows = rows_of(trace, model)
     maps = {
         (static, m): attribution_map(trace.model, picked.key, map_setting(trace, static), m, static, x, trace)
         for static in rows

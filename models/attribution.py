@@ -51,7 +51,7 @@ def attribute(model: DynamicModel, x: torch.Tensor, trace: Trace, method: str, *
             cam = LayerGradCam(explained.forward, explained.tap).attribute(
                 x, target=target, relu_attributions=True
             )  # (1, 1, h, w)
-            raw = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")[0, 0]
+            raw = upsample(cam, tuple(x.shape[-2:]), explained.tap_centre)[0, 0]
         elif method == "saliency":
             raw = Saliency(explained.forward).attribute(x, target=target, abs=True)[0].amax(0)
         elif method == "integrated_gradients":
@@ -78,6 +78,20 @@ def attribute(model: DynamicModel, x: torch.Tensor, trace: Trace, method: str, *
     return normalise(raw.detach().float().numpy())
 
 
+def upsample(cam: torch.Tensor, size: tuple[int, int], centre: float | None = None) -> torch.Tensor:
+    """A ``(1, 1, h, w)`` map bilinearly to ``size``: each cell centred on the middle of its
+    square of pixels (captum's interpolation), or, with ``centre``, cell ``j`` on pixel
+    ``centre + j * size / h`` (the map's border values beyond its first and last cells)."""
+    if centre is None:
+        return LayerAttribution.interpolate(cam, size, interpolate_mode="bilinear")
+    (h, w), (rows, cols) = cam.shape[-2:], size
+    ys = (torch.arange(rows, dtype=cam.dtype) - centre) / (rows / h)  # in cells
+    xs = (torch.arange(cols, dtype=cam.dtype) - centre) / (cols / w)
+    gy, gx = torch.meshgrid(ys / (h - 1) * 2 - 1, xs / (w - 1) * 2 - 1, indexing="ij")
+    grid = torch.stack([gx, gy], dim=-1)[None]  # (1, rows, cols, 2): x first, as grid_sample reads it
+    return F.grid_sample(cam, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
 def normalise(values: np.ndarray) -> np.ndarray:
     """Non-negative, scaled to a maximum of 1 (all zeros stay zeros)."""
     values = np.maximum(values, 0.0)
@@ -85,12 +99,19 @@ def normalise(values: np.ndarray) -> np.ndarray:
     return values / peak if peak > 0 else values
 
 
-def top_share(values: np.ndarray, share: float = 0.2) -> np.ndarray:
-    """Bool ``(H, W)``: the ``share`` of pixels with the highest values, among those above zero.
-    A map with fewer positive pixels (Grad-CAM after its ReLU) gives fewer: zeros tied at the
-    bottom are not "top", and taking them in order would pick the image's top rows."""
+def top_count(values: np.ndarray, share: float = 0.2) -> int:
+    """How many pixels :func:`top_share` takes: ``share`` of them, or the fewer above zero."""
     flat = values.ravel()
-    k = min(max(1, round(share * flat.size)), int((flat > 0).sum()))
+    return min(max(1, round(share * flat.size)), int((flat > 0).sum()))
+
+
+def top_share(values: np.ndarray, share: float = 0.2, *, count: int | None = None) -> np.ndarray:
+    """Bool ``(H, W)``: the ``share`` of pixels with the highest values, among those above zero
+    (``count``: that many instead, at most :func:`top_count`). A map with fewer positive pixels
+    (Grad-CAM after its ReLU) gives fewer: zeros tied at the bottom are not "top", and taking
+    them in order would pick the image's top rows."""
+    flat = values.ravel()
+    k = top_count(values, share) if count is None else min(count, top_count(values, share))
     top = np.zeros(flat.size, bool)
     top[np.argsort(-flat, kind="stable")[:k]] = True
     return top.reshape(values.shape)

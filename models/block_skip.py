@@ -279,7 +279,7 @@ class GatedResNet(DynamicModel):
             return self.head(h)
 
         what = "every block" if static else f"the {sum(ran)} blocks this image ran"
-        return Explained(forward, tap, what)
+        return Explained(forward, tap, what, static=all(ran))
 
     @torch.inference_mode()
     def forward_dynamic(self, x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

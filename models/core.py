@@ -147,12 +147,19 @@ class Explained:
     ``tap`` is an identity module that only ``forward`` calls, on that feature map. Grad-CAM
     hooks the tap, never a layer of the model: the model is shared by every session of the
     app, and a hook on one of its layers would fire in other sessions' runs at the same time
-    (captum then raised, or could read another image's activations).
+    (captum then raised, or could read another image's activations). ``static``: the function
+    is the static network's (a run whose last exit fired, whose every block ran, whose masks
+    kept every position): the page then shows no second row that would explain it again.
+    ``tap_centre``: the input pixel on which the tap's first cell is centred, where that is not
+    the middle of the cell's square (the transformer's stride-2 convolutions with padding 1:
+    pixel 0, one cell every 4 pixels), so that Grad-CAM's map is drawn over the right pixels.
     """
 
     forward: Callable[[torch.Tensor], torch.Tensor]
     tap: nn.Identity
     what: str
+    static: bool = False
+    tap_centre: float | None = None
 
 
 @dataclass(frozen=True)

@@ -235,7 +235,8 @@ class EarlyExitResNet(DynamicModel):
                 x = stage(x)
             return self.exits[k](tap(x))
 
-        return Explained(forward, tap, f"exit {k + 1}" + (" (the last)" if k == self.num_exits - 1 else ""))
+        last = k == self.num_exits - 1
+        return Explained(forward, tap, f"exit {k + 1}" + (" (the last)" if last else ""), static=last)
 
     def evaluate_batch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"exit_probs": self.forward_all(x).softmax(-1)}

@@ -303,7 +303,8 @@ class PixelMaskResNet(GatedResNet):
                 h = block(h) if m is None else h + m.to(h.dtype) * block.body(h)
             return self.head(h)
 
-        return Explained(forward, tap, "dense" if static else "this run's masks")
+        dense = all(m is None or bool(m.all()) for m in masks)  # every position of every block
+        return Explained(forward, tap, "dense" if static else "this run's masks", static=dense)
 
     @torch.inference_mode()
     def forward_masked(self, x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

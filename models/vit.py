@@ -827,7 +827,9 @@ class TokenExpertViT(DynamicModel):
             "(on the image itself: this run's choices; integrated gradients and occlusion feed altered copies)"
         )
         tap = nn.Identity()
-        return Explained(lambda x: self.run(x, policy, tap=tap)[0], tap, what)
+        same = static or self.runs_static(**trace.knobs)  # no token shed, k = 2, no drops: the static network
+        # the stem's two stride-2 3x3 convolutions (padding 1) centre patch j on pixel 4j
+        return Explained(lambda x: self.run(x, policy, tap=tap)[0], tap, what, static=same, tap_centre=0.0)
 
     def curves(self, table: dict[str, Any]) -> tuple[Curve, ...]:
         """Pruning, merging, k and capacity, each swept with the other mechanisms static (as

@@ -125,12 +125,15 @@ path computes at kept positions), with a sparsity loss pulling the network's con
 counted with the grown masks, towards a target, for the network and for each block.
 
 **Attribution.** Grad-CAM weighs the 8x8 feature map that leaves stage 2 by the gradient of the
-predicted class; saliency is the input gradient; integrated gradients average it from the
-dataset's mean colour (a grey image, the zero of the normalised input); occlusion sets 6x6
-patches to that grey and records how much the class score falls (captum).
+predicted class, keeping the positive part; saliency is the input gradient's largest magnitude
+over the colours; integrated gradients average the gradient from the dataset's mean colour (a
+grey image, the zero of the normalised input), and the map sums their magnitudes over the
+colours, so evidence against the class counts too; occlusion sets 6x6 patches to that grey and
+records how much the class score falls (captum).
 The agreement numbers ask: of the 20% most attributed pixels (only those attributed above
 zero), what share did the average masked block compute, against the share of all pixels it
-computed (chance)?
+computed (chance)? The overlap of two maps compares as many top pixels of each: 20%, or fewer
+where one of them attributes fewer pixels above zero (Grad-CAM, after its ReLU, can).
 """
 
 EXTRA_PAPERS = (

@@ -170,6 +170,14 @@ def test_explained_forward_is_the_run_and_taps_only_itself(model):
             assert not any(explained.tap is m for m in model.modules())
 
 
+def test_the_explained_function_says_when_it_is_the_static_networks(model):
+    """``Explained.static`` (the attribution panel then shows no second, identical row) holds
+    for the static network and for the run at the static setting."""
+    x = sample_inputs(model, 1)[0]
+    assert model.explained_forward(model.trace(x, **model.static_knobs)).static
+    assert model.explained_forward(model.trace(x), static=True).static
+
+
 def test_concurrent_attributions_on_one_shared_model(model):
     """Two sessions explaining one cached model while a third runs it, all at once: every
     Grad-CAM map equals the one computed alone. With the hook on a layer of the shared model,

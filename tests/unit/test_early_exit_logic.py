@@ -139,3 +139,24 @@ def test_with_the_criterion_chosen_too_both_are_chosen_on_validation():
     best = summarise(test, val)["best_at_half_flops_any_criterion"]
     assert (best["criterion"], best["threshold"], best["accuracy"], best["mflops"]) == ("margin", 0.4, 0.81, 47.0)
     assert best["drop_points"] == pytest.approx(9.0) and best["fraction_of_full"] == pytest.approx(0.47)
+
+
+def test_a_run_whose_last_exit_fired_is_explained_once():
+    """The attribution panel adds the static network's row only when the run computed another
+    function: a run whose last exit fired costs more than the static network (its earlier exits
+    ran too) but computes the same function."""
+    from app.attribution import rows_of
+
+    model = models.get("early_exit")
+    gen = torch.Generator().manual_seed(0)
+    late = None
+    for _ in range(20):  # noise images: rarely confident, so the last exit fires
+        x = torch.randn(1, 3, 32, 32, generator=gen)
+        trace = model.trace(x, criterion="max_prob", threshold=0.999)
+        if trace.extras["fired_exit"] == model.num_exits - 1:
+            late = trace
+            break
+    assert late is not None and late.flops > model.full_flops
+    assert rows_of(late, model) == [False]
+    assert rows_of(model.trace(x, threshold=0.0), model) == [False, True]  # exit 1: another function
+    assert rows_of(model.trace(x, **model.static_knobs), model) == [False]

@@ -158,3 +158,33 @@ def test_top_pixels_are_only_those_attributed_above_zero():
     agree = agreement(values, [mask], share=0.2)
     assert agree.inside == 0.5 and agree.chance == 0.04
     assert np.isnan(agreement(np.zeros((10, 10)), [mask]).inside)  # nothing attributed: no number
+
+
+def test_two_maps_that_agree_overlap_fully_even_when_one_attributes_few_pixels():
+    """A map with fewer pixels above zero than the top 20% (Grad-CAM after its ReLU) is compared
+    with as many top pixels of the other: the same top pixels give an IoU of 1, not |A| / |B|."""
+    from app.attribution import overlap
+
+    few = np.zeros((10, 10))
+    few.flat[:8] = np.linspace(1.0, 0.5, 8)  # 8 pixels above zero, fewer than 20 of 100
+    many = np.full((10, 10), 0.1)
+    many.flat[:8] = np.linspace(1.0, 0.5, 8)  # the same top 8, then every other pixel a little
+    assert overlap(few, many) == 1.0
+    shifted = np.roll(many, 50)  # its top 8 elsewhere
+    assert overlap(few, shifted) == 0.0
+
+
+def test_grad_cam_cells_are_drawn_over_the_pixels_they_are_centred_on():
+    """A CNN's 8x8 cell (after 2x2 pooling) covers 4 pixels centred half-way (4j + 1.5); the
+    transformer's stride-2 convolutions centre patch j on pixel 4j: its map is drawn there."""
+    import torch
+
+    from models.attribution import upsample
+
+    cam = torch.zeros(1, 1, 8, 8)
+    cam[0, 0, 3, 3] = 1.0
+    peak = lambda m: np.unravel_index(int(m[0, 0].argmax()), m.shape[-2:])  # noqa: E731
+    assert peak(upsample(cam, (32, 32))) in {(13, 13), (14, 14), (13, 14), (14, 13)}  # 4 * 3 + 1.5
+    assert peak(upsample(cam, (32, 32), 0.0)) == (12, 12)  # 4 * 3
+    flat = torch.ones(1, 1, 8, 8)
+    assert torch.allclose(upsample(flat, (32, 32), 0.0), torch.ones(1, 1, 32, 32))  # the border holds
