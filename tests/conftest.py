@@ -64,7 +64,10 @@ def photos() -> list[Path]:
 def chromium() -> str:
     if not (shutil.which(CHROMIUM) or Path(CHROMIUM).exists()):
         unavailable(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api")
+    try:
+        import playwright.sync_api  # noqa: F401 - only whether it imports
+    except ImportError as err:
+        unavailable(f"Playwright does not import: {err}")
     return CHROMIUM
 
 

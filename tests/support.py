@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -46,22 +47,35 @@ def serve_app(timeout: float = 60, *, run: tuple[str, ...] = APP) -> Iterator[st
     port = free_port()
     cmd = [sys.executable, *run, "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as log:  # the server's output, shown if it does not come up
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                        break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        log.seek(0)
+                        output = log.read().decode(errors="replace")[-4000:]
+                        raise RuntimeError(f"streamlit did not start; its output:\n{output}") from None
+                    time.sleep(0.1)  # polling the server's health endpoint, not waiting on a page
+            yield url
+        finally:
+            stop(proc)
+
+
+def stop(proc: subprocess.Popen, grace: float = 20) -> None:
+    """Terminate a server, and kill it if it has not exited after ``grace`` seconds: a server
+    left running would hold a core for the rest of the session."""
+    proc.terminate()
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("streamlit did not start") from None
-                time.sleep(0.1)  # polling the server's health endpoint, not waiting on a page
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @contextmanager

@@ -12,7 +12,7 @@ import threading
 from streamlit.web import cli
 
 import app.__main__ as launcher
-from tests.support import APP, ROOT, free_port
+from tests.support import APP, ROOT, free_port, stop
 
 
 def test_main_runs_streamlit_on_the_app_with_the_options_and_starts_the_imports(monkeypatch):
@@ -80,8 +80,7 @@ def test_the_launcher_imports_the_app_once_its_server_is_up_before_any_browser()
         assert next((line.strip() for line in lines if line.startswith("prewarmed")), None) == "prewarmed True"
     finally:
         deadline.cancel()
-        proc.terminate()
-        proc.wait(timeout=20)
+        stop(proc)
 
 
 def test_prewarm_names_modules_that_exist():
