@@ -3,6 +3,7 @@ a budget of mean compute when asked, with every model's accuracy-compute curve o
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -65,8 +66,10 @@ def table_of(name: str) -> dict[str, Any] | None:
 
 def match_budget(chosen: list[str]) -> None:
     """Button callback: move each configuration's swept knob, along the curve its other knobs
-    lie on, to the point whose test-set mean compute is closest to the budget from below. The
-    budget is read here, not passed from the run that drew the button (it may be older)."""
+    lie on, to the point whose test-set mean compute is closest to the budget from below. A
+    configuration whose knobs lie on no curve (the transformer's mechanisms were swept one at a
+    time, the others static) is left as it is, and says so. The budget is read here, not passed
+    from the run that drew the button (it may be older)."""
     budget = st.session_state[state.COMPARE_BUDGET]
     st.session_state[state.COMPARE_BUDGET_VALUE] = budget  # the budget shown, moved or not (the captions' key)
     matched = {}
@@ -75,13 +78,18 @@ def match_budget(chosen: list[str]) -> None:
         if table is None:
             continue
         knobs = current_knobs(i, model)
-        curve = model.curve_of(table, knobs) or model.curves(table)[0]
+        curve = model.curve_of(table, knobs)
+        if curve is None:
+            matched[i] = (name, knobs, budget, "Not matched: the test set was swept one mechanism at a time, the "
+                          "others static, and these settings lie on none of its curves.")  # fmt: skip
+            continue
         point, fits = curve.within_budget(budget)
         new = curve.knobs_at(point, knobs)
         for key, value in new.items():
             st.session_state[knob_key(i, name, key)] = value
         reach = "" if fits else " (its cheapest setting: the budget is out of reach)"
-        matched[i] = (name, new, budget, f"{curve.knob} {point['value']:g}: {point['mflops']:.1f} mean MFLOPs{reach}")
+        matched[i] = (name, new, budget, f"Matched to the budget: {curve.knob} {point['value']:g}: "
+                      f"{point['mflops']:.1f} mean MFLOPs{reach}")  # fmt: skip
     st.session_state[state.COMPARE_MATCHED] = matched
 
 
@@ -97,7 +105,8 @@ def render_budget(chosen: list[str]) -> float | None:
     if not spans:
         st.info("No evaluation tables for these models: run `make evaluate` to match a budget.")
         return None
-    lo, hi = float(round(min(s[0] for s in spans))), float(round(max(s[1] for s in spans) + 0.5))
+    # whole MFLOPs that take in every point: the cheapest setting fits at the slider's minimum
+    lo, hi = float(math.ceil(min(s[0] for s in spans))), float(math.ceil(max(s[1] for s in spans)))
     # the user's budget, kept while it fits: the slider is a new widget whenever its range changes
     # (another model chosen, a visit to another page), and would start again from the middle
     # (COMPARE_BUDGET_VALUE follows every move of the slider, through its callback, before the run)
@@ -129,7 +138,7 @@ def render_config_controls(i: int) -> tuple[str, dict[str, Any]]:
     matched = st.session_state.get(state.COMPARE_MATCHED, {}).get(i)
     budget = st.session_state.get(state.COMPARE_BUDGET_VALUE)
     if matched and matched[:3] == (name, knobs, budget):  # still as the budget set it, at the budget shown
-        st.caption(f"Matched to the budget: {matched[3]}")
+        st.caption(matched[3])
     return name, knobs
 
 
@@ -232,7 +241,8 @@ def export_json(configs: list[Config], picked: InputImage) -> str:
         picked.name,
         [
             {"model": c.name, "latency_ms": c.timing.ms, "full_latency_ms": c.timing.full_ms,
-             "latency_spread": c.timing.spread, "test_point": c.point, "trace": c.trace}
+             "latency_spread": c.timing.spread, "test_point": c.point,
+             "test_point_knob": c.curve.knob if c.point is not None else None, "trace": c.trace}
             for c in configs
         ],
     )  # fmt: skip

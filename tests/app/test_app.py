@@ -553,6 +553,33 @@ def test_matching_a_budget_sets_every_configuration_under_it():
     assert [s.value for s in at.slider if s.label != "Budget: mean MFLOPs per test image"] != before
 
 
+def test_a_configuration_on_no_measured_curve_is_left_as_it_is_by_matching():
+    """The transformer's eval table sweeps one mechanism at a time, the others static: merging
+    with a capacity that drops choices lies on none of its curves. Matching a budget must not
+    switch it to pruning at full capacity without a word."""
+    at = open_page(COMPARE)
+    at.selectbox(key="compare:0:model").set_value("vit_tokens").run()
+    at.selectbox(key="compare:0:vit_tokens:mode").set_value("merge").run()
+    at.slider(key="compare:0:vit_tokens:capacity").set_value(1.0).run()
+    at.button[0].click().run()
+    assert not at.exception
+    assert at.selectbox(key="compare:0:vit_tokens:mode").value == "merge"
+    assert at.slider(key="compare:0:vit_tokens:capacity").value == 1.0
+    assert any(c.value.startswith("Not matched: the test set was swept one mechanism at a time") for c in at.caption)
+    assert sum(c.value.startswith("Matched to the budget") for c in at.caption) == 1  # the other configuration
+
+
+def test_the_budget_slider_starts_where_the_cheapest_setting_fits():
+    at = open_page(COMPARE)
+    at.selectbox(key="compare:0:model").set_value("block_skip").run()
+    at.selectbox(key="compare:1:model").set_value("pixel_mask").run()
+    budget = at.slider(key="compare:budget")
+    budget.set_value(budget.min).run()
+    at.button[0].click().run()
+    matched = [c.value for c in at.caption if c.value.startswith("Matched to the budget")]
+    assert len(matched) == 2 and sum("out of reach" not in text for text in matched) == 1  # the cheaper model fits
+
+
 def test_video_page_samples_runs_and_reuses(photos):
     at = open_page(VIDEO)
     assert any("Upload a video" in i.value for i in at.info)
