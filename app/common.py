@@ -120,8 +120,11 @@ def render_table_header(
     st.subheader(f"On the CIFAR-10 test set ({table['n']:,} images)")
     st.caption(f"From `assets/eval/{name}.json`, written by `python -m models.evaluate --model {name} --write`.")
     a, b, c = st.columns(3)
+    gap = 100 * (point["accuracy"] - full["accuracy"])
+    same = abs(gap) < 0.005  # shown as 0.00: no arrow, no colour (a green "+0.00" read as better)
     a.metric(f"Test accuracy at {at or 'this ' + knob}", f"{100 * point['accuracy']:.2f}%",
-             f"{100 * (point['accuracy'] - full['accuracy']):+.2f} pts vs {full_name}", delta_color="normal")  # fmt: skip
+             f"{0 if same else gap:{'.2f' if same else '+.2f'}} pts vs {full_name}",
+             delta_color="off" if same else "normal", delta_arrow="off" if same else "auto")  # fmt: skip
     b.metric("Mean compute", f"{point['mflops']:.1f} MFLOPs", f"{100 * point['mflops'] / full['mflops']:.0f}% of full",
              delta_color="off", delta_arrow="off")  # fmt: skip
     c.metric(full_title, f"{100 * full['accuracy']:.2f}%", f"{full['mflops']:.1f} MFLOPs",

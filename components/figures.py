@@ -92,6 +92,12 @@ def theme_template(name: str) -> dict[str, Any]:
     return pio.templates[name].to_plotly_json()
 
 
+def mflops_text(flops: float) -> str:
+    """MFLOPs with one decimal, or as many as show a small cost (an exit's 0.005) as not zero."""
+    mflops = flops / 1e6
+    return f"{mflops:.1f}" if mflops >= 0.05 or mflops == 0 else f"{mflops:.2g}"
+
+
 def shared_layout(*, height: int, title: str | None = None, margin: dict[str, int] | None = None,
                   showlegend: bool = False) -> dict:  # fmt: skip
     """The layout every figure shares. ``margin``: room in pixels for what sits outside the plot
@@ -191,10 +197,11 @@ def make_exit_strip(trace: Trace, classes: Sequence[str]) -> go.Figure:
             guess = ""
             if is_exit and exit_probs is not None:
                 c = int(np.argmax(exit_probs[k]))
-                guess = f"<br>says {classes[c]} ({exit_probs[k][c]:.0%})"
+                says = "says" if unit.executed else "would say"  # not computed: from the all-exits pass
+                guess = f"<br>{says} {classes[c]} ({exit_probs[k][c]:.0%})"
             status = "fired" if is_exit and unit.decision else "ran" if unit.executed else "not computed"
-            hovers.append(f"{labels[-1]}: {status}<br>{unit.flops / 1e6:.1f} MFLOPs executed "
-                          f"(static net: {unit.full_flops / 1e6:.1f}){guess}")  # fmt: skip
+            hovers.append(f"{labels[-1]}: {status}<br>{mflops_text(unit.flops)} MFLOPs executed "
+                          f"(static net: {mflops_text(unit.full_flops)}){guess}")  # fmt: skip
         data.append(
             series("scatter",
                 x=idx, y=[0] * len(idx), mode="markers+text", text=labels, customdata=hovers,
@@ -255,17 +262,25 @@ def make_accuracy_curve(
     line_of = {name: CURVE_COLOURS[i % len(CURVE_COLOURS)] for i, name in enumerate(curves)}
     for name, curve in curves.items():
         pts = sorted(curve["points"], key=lambda p: p["mflops"])
+        xs, ys = [p["mflops"] for p in pts], [100 * p["accuracy"] for p in pts]
+        gaps = sweep_gaps(xs)
+        # a dot on each swept setting, the line solid between neighbours and dotted across a gap
+        # (block skipping between its cheapest threshold below 1.0 and every gated block
+        # skipped): there it is drawn, not measured
+        solid_x, solid_y = with_breaks(xs, gaps), with_breaks(ys, gaps)
         data.append(
             series("scatter",
-                x=[p["mflops"] for p in pts], y=[100 * p["accuracy"] for p in pts], mode="lines+markers", name=name,
-                # a dot on each swept setting: where the sweep has no point (block skipping between its
-                # cheapest threshold below 1.0 and every gated block skipped), the line is drawn, not measured
-                line={"color": line_of[name]}, marker={"size": 4, "color": line_of[name]},
-                customdata=[p["value"] for p in pts],
+                x=solid_x, y=solid_y, mode="lines+markers", name=name, connectgaps=False,
+                line={"color": line_of[name]}, marker={"size": 5, "color": line_of[name]},
+                customdata=with_breaks([p["value"] for p in pts], gaps),
                 hovertemplate=curve.get("value_label", "threshold") + " %{customdata:.2f}<br>%{x:.1f} MFLOPs, "
                 "%{y:.2f}%<extra>" + name + "</extra>",
             )
         )  # fmt: skip
+        for i in gaps:
+            data.append(series("scatter", x=xs[i : i + 2], y=ys[i : i + 2], mode="lines", showlegend=False,
+                               name=f"{name}: no setting between", line={"color": line_of[name], "dash": "dot"},
+                               hoverinfo="skip"))  # fmt: skip
         static = curve.get("static", [])
         if static:
             data.append(
@@ -318,6 +333,28 @@ def make_accuracy_curve(
     return make_figure(data, height=360, margin={"l": 70, "r": 16, "t": 36, "b": 120}, showlegend=True,
                    legend={"orientation": "h", "y": -0.25}, xaxis=axis("mean MFLOPs per test image"),
                    yaxis=axis("test top-1 accuracy (%)"), **marks)  # fmt: skip
+
+
+GAP_FACTOR = 5.0  # a step this many times the sweep's median step is a gap: no setting measured in it
+
+
+def sweep_gaps(xs: Sequence[float]) -> list[int]:
+    """Indices ``i`` where the step from ``xs[i]`` to ``xs[i + 1]`` (sorted) is a gap."""
+    steps = np.diff(np.asarray(xs, dtype=float))
+    if len(steps) < 3:
+        return []
+    typical = float(np.median(steps[steps > 0])) if (steps > 0).any() else 0.0
+    return [i for i, step in enumerate(steps) if typical > 0 and step > GAP_FACTOR * typical]
+
+
+def with_breaks(values: Sequence[Any], gaps: Sequence[int]) -> list[Any]:
+    """``values`` with a None after each gap's start: plotly breaks the line there."""
+    out: list[Any] = []
+    for i, v in enumerate(values):
+        out.append(v)
+        if i in gaps:
+            out.append(None)
+    return out
 
 
 def make_exit_share(point: dict[str, Any]) -> go.Figure:
@@ -377,7 +414,8 @@ def make_block_path(trace: Trace) -> go.Figure:
                 continue
             k = int(u.name[5:])
             probs.append(u.score)
-            gate = f"gate {u.score:.2f}" if u.score is not None else "gate off"
+            # rounded down: a gate of 0.998 skipped at threshold 1.0 must not read "1.00"
+            gate = f"gate {math.floor(u.score * 100) / 100:.2f}" if u.score is not None else "gate off"
             labels.append(f"{block_label(k, per_stage)}<br>{gate}")
             status = "ran" if u.executed else "skipped (not computed)"
             hovers.append(f"block {block_label(k, per_stage)}: {status}<br>{gate}<br>"
@@ -415,7 +453,7 @@ def make_blocks_histogram(point: dict[str, Any]) -> go.Figure:
                   textposition="outside", cliponaxis=False,
                   hovertemplate="%{x} blocks run: %{y:.1f}% of test images<extra></extra>")  # fmt: skip
     return make_figure([bars], height=300, margin={"l": 76, "t": 24, "b": 70}, xaxis=axis("gated blocks run", dtick=1),
-                   yaxis=axis("% of test images", range=[0, max(share.max() * 1.2, 10)]))  # fmt: skip
+                   yaxis=axis("% of test images", range=[0, min(max(share.max() * 1.2, 10), 110)]))  # fmt: skip
 
 
 def make_class_block_heatmap(point: dict[str, Any], classes: Sequence[str], per_stage: int) -> go.Figure:
@@ -438,15 +476,19 @@ def vit_block_label(i: int) -> str:
     return f"block {i + 1}"
 
 
-def make_token_counts(traces: dict[str, Trace]) -> go.Figure:
+def make_token_counts(traces: dict[str, Trace], colours: dict[str, str] | None = None) -> go.Figure:
     """Tokens (class token included) each block's attention ran on, one line per trace (the
-    static network keeps every token in every block). Where lines share a count, it is written
-    once; the lowest count of a block sits under its marker, the others above theirs."""
+    static network keeps every token in every block), in ``colours`` (name -> colour; by
+    default grey, blue, orange, purple in turn): the page gives each mechanism the colour of its
+    accuracy curve. Where lines share a count, it is written once; the lowest count of a block
+    sits under its marker, the others above theirs."""
     data = []
-    colours = (STATIC, RAN, EXIT, FIRED)
+    turn = dict(zip(traces, (STATIC, RAN, EXIT, CURVE_COLOURS[3]), strict=False))
+    colour_of = turn | (colours or {})
     counts = [trace.extras["tokens_attn"] for trace in traces.values()]
     labels = token_count_labels(counts)
-    for (name, _), colour, row, (text, where) in zip(traces.items(), colours, counts, labels, strict=False):
+    for name, row, (text, where) in zip(traces, counts, labels, strict=True):
+        colour = colour_of[name]
         data.append(
             series("scatter",
                 x=[vit_block_label(i) for i in range(len(row))], y=row, mode="lines+markers+text", name=name,
@@ -529,7 +571,9 @@ def make_expert_share(shares: Sequence[Sequence[float]], layers: Sequence[str]) 
                    annotations=[label], yaxis=axis("% of served choices", rangemode="tozero"))  # fmt: skip
 
 
-def make_class_expert_heatmap(share: np.ndarray, classes: Sequence[str], layer: str) -> go.Figure:
+def make_class_expert_heatmap(
+    share: np.ndarray, classes: Sequence[str], layer: str, *, zmax: float | None = None
+) -> go.Figure:
     """Rows: true class; columns: expert; cell: share of that class's served choices in one
     MoE layer.
 
@@ -540,7 +584,8 @@ def make_class_expert_heatmap(share: np.ndarray, classes: Sequence[str], layer: 
     heat = series("heatmap",
         # scaled to the largest share (about 25% each when balanced): a 0-100 scale washes it out
         z=z, x=[f"expert {e + 1}" for e in range(z.shape[1])], y=list(classes), colorscale=colour_scale("Blues"),
-        zmin=0, zmax=max(float(z.max()), 1.0), text=np.round(z).astype(int), texttemplate="%{text}",
+        zmin=0, zmax=max(float(z.max()) if zmax is None else 100 * zmax, 1.0), text=np.round(z).astype(int),
+        texttemplate="%{text}",
         colorbar={"title": {"text": "%"}},
         hovertemplate="%{y}: %{z:.1f}% of choices go to %{x}<extra></extra>",
     )  # fmt: skip
@@ -629,7 +674,11 @@ def make_video_timeline(
         )
         layout[f"yaxis{n}"] = {"anchor": f"x{n}", "domain": domain}
     if decisions and all(float(d).is_integer() for d in decisions):  # exits, blocks, tokens: no ticks between counts
-        layout["yaxis2"] |= {"tickformat": "d", "dtick": max(1, math.ceil((max(decisions) - min(decisions)) / 6))}
+        layout["yaxis2"] |= {
+            "tickformat": "d",
+            "dtick": max(1, math.ceil((max(decisions) - min(decisions)) / 6)),
+            "range": [min(decisions) - 0.5, max(decisions) + 0.5],
+        }  # no tick past the counts
     annotations = [{"font": {"size": 16}, "showarrow": False, "text": title, "x": 0.5, "xanchor": "center",
                     "xref": "paper", "y": domain[1], "yanchor": "bottom", "yref": "paper"}
                    for title, domain in zip(titles, domains, strict=True)]  # fmt: skip

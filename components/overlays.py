@@ -13,9 +13,14 @@ from PIL import Image
 GRID_LINE = (255, 255, 255)
 GONE = (60, 60, 60)  # a patch that is no longer a token of its own (pruned, or capacity-dropped)
 # Distinct, colour-blind-safe-ish hues (Okabe-Ito first, then Tableau) for experts and merge groups
+# 20 colours: merging 16 tokens a layer left up to 18 merged groups on one map (20 noise
+# images), and with 12 colours groups repeated a colour, while the caption says one colour is
+# one token
 PALETTE = (
     (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
     (204, 121, 167), (148, 103, 189), (140, 86, 75), (188, 189, 34), (23, 190, 207), (227, 119, 194),
+    (128, 0, 0), (0, 0, 128), (0, 128, 128), (128, 128, 0), (60, 180, 75), (220, 190, 255), (255, 215, 180),
+    (70, 70, 70),
 )  # fmt: skip
 
 

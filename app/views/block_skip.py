@@ -76,7 +76,8 @@ def render_dataset_panel(table: dict[str, Any], threshold: float, classes: tuple
         curve = {"gated": {"points": table["points"][1:], "static": [{**full, "label": "every block"}]}}
         fig = make_accuracy_curve(curve, current={"gated": (point["mflops"], point["accuracy"])})
         st.plotly_chart(fig, key="bs_curve")
-        st.caption("Line: the gates over the threshold sweep, a dot per threshold measured. "
+        st.caption("Line: the gates over the threshold sweep, a dot per threshold measured, dotted where no threshold "
+                   "lands between two far apart. "
                    "Square: every block on (the static network).")  # fmt: skip
     with right:
         st.plotly_chart(make_blocks_histogram(point), key="bs_hist")

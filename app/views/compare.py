@@ -232,7 +232,8 @@ def render_curves(configs: list[Config], budget: float | None) -> None:
     st.plotly_chart(make_accuracy_curve(curves, current=current, label_current=True, budget=budget), key="cmp_curves")
     st.caption(
         "Lines: each model's eval table (`assets/eval/`, `python -m models.evaluate --write`), at its default "
-        "settings and at the settings of each configuration, a dot per setting measured. Stars: the configurations' measured points."
+        "settings and at the settings of each configuration, a dot per setting measured, dotted where no setting "
+        "lands between two far apart. Stars: the configurations' measured points."
     )
 
 

@@ -119,8 +119,9 @@ def render_dataset_panel(
         st.plotly_chart(make_expert_share(point["expert_share"], layers), key="ex_share")
         st.caption("How the test images' tokens spread over the experts at this setting (served choices).")
         by_layer = np.asarray(point["class_expert_share"]).transpose(1, 0, 2)  # (L, C, E)
+        top = float(by_layer.max())  # one colour scale for the layers side by side
         for col, share, layer in zip(st.columns(len(layers)), by_layer, layers, strict=True):
-            col.plotly_chart(make_class_expert_heatmap(share, classes, layer), key=f"ex_class_{layer}")
+            col.plotly_chart(make_class_expert_heatmap(share, classes, layer, zmax=top), key=f"ex_class_{layer}")
         st.caption("Which experts each class's tokens go to, per MoE layer (V-MoE's routing analysis).")
     # where this setting sits on the two sweeps (red bar), or why it is on neither
     on_k = f"red: this setting, k = {k}" if no_drops else f"this setting's capacity C = {capacity:g} can drop choices"

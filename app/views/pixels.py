@@ -81,7 +81,8 @@ def render_dataset_panel(table: dict[str, Any], threshold: float, per_stage: int
         curve = {"masked": {"points": table["points"][1:], "static": [{**full, "label": "dense"}]}}
         st.plotly_chart(make_accuracy_curve(curve, current={"masked": (point["mflops"], point["accuracy"])}),
                         key="px_curve")  # fmt: skip
-        st.caption("Line: the masks over the threshold sweep, a dot per threshold measured. "
+        st.caption("Line: the masks over the threshold sweep, a dot per threshold measured, dotted where no threshold "
+                   "lands between two far apart. "
                    "Square: every position computed (the static network).")  # fmt: skip
     with right:
         st.plotly_chart(make_block_density(point, per_stage), key="px_density")

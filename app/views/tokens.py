@@ -21,8 +21,15 @@ from app.common import (
 )
 from app.inputs import InputImage
 from app.models_cache import load_model
-from components.figures import make_accuracy_curve, make_patch_heatmap, make_token_counts, vit_block_label
-from components.overlays import make_patch_grid, make_pruned_map, make_token_map
+from components.figures import (
+    CURVE_COLOURS,
+    STATIC,
+    make_accuracy_curve,
+    make_patch_heatmap,
+    make_token_counts,
+    vit_block_label,
+)
+from components.overlays import PALETTE, make_patch_grid, make_pruned_map, make_token_map
 from components.pictures import make_final_tokens
 from components.render import Timing, mflops_cell, render_cost_metrics, render_knobs, render_small_table
 from models.core import Trace
@@ -132,7 +139,8 @@ def render_dataset_panel(table: dict[str, Any], matched: dict[str, dict[str, Any
         current={CURVE_OF[m]: (p["mflops"], p["accuracy"]) for m, p in matched.items()},
     )  # fmt: skip
     st.plotly_chart(fig, key="tok_curve")
-    st.caption("Each line sweeps one knob over the test set, a dot per value measured; "
+    st.caption("Each line sweeps one knob over the test set, a dot per value measured (dotted where no value lands "
+               "between two far apart); "
                "the stars are the two settings compared above.")  # fmt: skip
 
 
@@ -201,7 +209,8 @@ def render_token_run(picked: InputImage, x: torch.Tensor) -> None:
             "Dark patches were pruned: each pruning block fuses the tokens it prunes into one token, their "
             "attention-weighted average; a fused token that a later block keeps stays a token of its own."
             if mode == "prune"
-            else "Patches tinted with the same colour were merged into one token; clear patches are still tokens of their own."
+            else "Patches tinted with the same colour were merged into one token (colours repeat only past "
+            f"{len(PALETTE)} merged tokens); clear patches are still tokens of their own."
         )
         st.caption(f"{how} Later blocks run on the tokens left after {vit_block_label(ex['reduce_at'][-1])}.")
     with st.expander("The class token's attention, which pruning ranks patches by"):
@@ -219,7 +228,9 @@ def render_token_run(picked: InputImage, x: torch.Tensor) -> None:
         compared = render_budget_comparison(picked, x, matched, image)
         measured = mode == "none" or model.measured_point(table, trace.knobs) is not None
         counts = {"every token": static, **({} if measured else {"this setting": trace}), **compared}
-    st.plotly_chart(make_token_counts(counts), key="tok_counts")
+    colours = {name: STATIC if name == "every token" else CURVE_COLOURS[3] if name == "this setting"
+               else CURVE_COLOURS[list(CURVE_OF.values()).index(name.split(",")[0])] for name in counts}  # fmt: skip
+    st.plotly_chart(make_token_counts(counts, colours), key="tok_counts")  # as the accuracy curves below
     st.caption("Tokens (class token included) each block's attention ran on.")
     if table is not None:
         render_dataset_panel(table, matched, mode, measured)

@@ -198,7 +198,7 @@ def render_scrubbed(video: Video, results: list[FrameResult], name: str) -> None
         ),
         key="video_timeline",
     )  # fmt: skip
-    st.caption("Grey bars and crosses: frames that reused the last computed result and spent no network FLOPs.")
+    st.caption("Grey crosses at 0 MFLOPs: frames that reused the last computed result and spent no network FLOPs.")
     render_frame(video, results, index, name)
 
 

@@ -127,6 +127,18 @@ def test_moving_the_threshold_changes_the_compute_figure():
     assert metric(at, "Exit").split()[0] == metric(at, "Exit").split()[-1]  # the last exit
 
 
+def test_the_static_setting_shows_no_gain_in_test_accuracy():
+    """At threshold 1.0 the test-set point is the last exit itself: "0.00 pts", not a green
+    "+0.00" that reads as better."""
+    at = open_page(EARLY_EXITS)
+    slider(at, "Confidence threshold").set_value(1.0).run()
+    accuracy = next(m for m in at.metric if m.label.startswith("Test accuracy at"))
+    assert accuracy.delta == "0.00 pts vs last exit"
+    from streamlit.proto.Metric_pb2 import Metric
+
+    assert (accuracy.proto.color, accuracy.proto.direction) == (Metric.MetricColor.GRAY, Metric.MetricDirection.NONE)
+
+
 def test_changing_the_criterion_keeps_the_page_working():
     at = open_page(EARLY_EXITS)
     for option in at.selectbox(key="knob:early_exit:criterion").options:

@@ -60,12 +60,13 @@ def test_each_swept_setting_is_a_dot_on_its_curve():
     between its last threshold below 1.0 and every block skipped) must not look measured."""
     from components.figures import make_accuracy_curve
 
-    points = [
-        {"mflops": m, "accuracy": a, "value": v} for m, a, v in ((115, 0.64, 1.0), (207, 0.90, 0.95), (240, 0.91, 0))
-    ]
-    line = make_accuracy_curve({"gates": {"points": points}}).to_dict()["data"][0]
+    steps = [(207 + i, 0.90, 0.95 - i / 100) for i in range(6)]  # settings a step apart, then a gap to 115
+    points = [{"mflops": m, "accuracy": a, "value": v} for m, a, v in [(115, 0.64, 1.0), *steps]]
+    line, *dotted = make_accuracy_curve({"gates": {"points": points}}).to_dict()["data"]
     assert "markers" in line["mode"] and line["marker"]["color"] == line["line"]["color"]
-    assert list(line["x"]) == [115, 207, 240]  # one dot per swept setting, in order of cost
+    assert list(line["x"]) == [115, None, *(m for m, _, _ in steps)]  # a dot per setting, the line broken at the gap
+    (gap,) = dotted
+    assert list(gap["x"]) == [115, 207] and gap["line"]["dash"] == "dot" and not gap["showlegend"]
 
 
 def test_each_curves_current_point_takes_the_curves_colour():
@@ -98,3 +99,49 @@ def test_the_expert_load_has_no_legend_to_misname_its_colours():
     assert list(served["marker"]["color"]) == [f"rgb{expert_colour(e)}" for e in range(4)]
     assert not fig["layout"]["showlegend"]
     assert any(a["text"] == "capacity 9" for a in fig["layout"]["annotations"])
+
+
+def test_the_exit_strip_says_what_a_skipped_exit_would_say_and_shows_small_costs():
+    """An exit the run did not evaluate "would say" its class (from the all-exits pass), and an
+    exit classifier's 0.005 MFLOPs do not read as 0.0."""
+    import torch
+
+    import models
+    from components.figures import make_exit_strip, mflops_text
+
+    model = models.get("early_exit")
+    x = torch.rand(1, 3, 32, 32)
+    record = model.trace_all(x)
+    trace = model.redecide(record, threshold=0.0)  # exit 1 fires: the later exits were not evaluated
+    hovers = [h for t in make_exit_strip(trace, model.card.classes).to_dict()["data"] for h in t.get("customdata", [])]
+    assert any("not computed" in h and "would say" in h for h in hovers)
+    assert not any("not computed" in h and "<br>says" in h for h in hovers)
+    assert mflops_text(5120) == "0.0051" and mflops_text(0) == "0.0" and mflops_text(43.7e6) == "43.7"
+
+
+def test_a_skipped_gate_never_reads_as_reaching_the_threshold():
+    """A gate of 0.998 skipped at threshold 1.0 reads "gate 0.99", not a rounded "gate 1.00"."""
+    import re
+
+    import torch
+
+    import models
+    from components.figures import make_block_path
+
+    model = models.get("block_skip")
+    trace = model.trace(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)), threshold=1.0)
+    scores = [u.score for u in trace.units if u.kind == "block"]  # gate5 was 0.9996 on one such image
+    texts = [t for d in make_block_path(trace).to_dict()["data"] for t in (d.get("text") or []) if isinstance(t, str)]
+    shown = [float(m) for t in texts for m in re.findall(r"gate (\d\.\d\d)", t)]
+    assert len(shown) == len(scores) and all(s <= p for s, p in zip(shown, scores, strict=True))
+    assert all(s < 1.0 for s, p in zip(shown, scores, strict=True) if p < 1.0)
+
+
+def test_side_by_side_expert_heatmaps_can_share_one_colour_scale():
+    import numpy as np
+
+    from components.figures import make_class_expert_heatmap
+
+    share = np.full((10, 4), 0.25)
+    heat = make_class_expert_heatmap(share, [str(c) for c in range(10)], "block 3", zmax=0.4).to_dict()["data"][0]
+    assert heat["zmax"] == 40.0  # the larger layer's maximum, in %
