@@ -145,3 +145,33 @@ def test_side_by_side_expert_heatmaps_can_share_one_colour_scale():
     share = np.full((10, 4), 0.25)
     heat = make_class_expert_heatmap(share, [str(c) for c in range(10)], "block 3", zmax=0.4).to_dict()["data"][0]
     assert heat["zmax"] == 40.0  # the larger layer's maximum, in %
+
+
+def test_the_token_count_lines_take_the_colours_they_are_given():
+    """The Tokens page gives each mechanism's line its accuracy curve's colour (by name): an
+    extra "this setting" line must not shift prune to orange and merge to red."""
+    from types import SimpleNamespace
+
+    from components.figures import CURVE_COLOURS, STATIC, make_token_counts
+
+    traces = {name: SimpleNamespace(extras={"tokens_attn": [65, 65, 55, 45, 38, 38]})
+              for name in ("every token", "this setting", "prune (EViT), 0.8", "merge (ToMe), 10")}  # fmt: skip
+    colours = {"every token": STATIC, "this setting": CURVE_COLOURS[3], "prune (EViT), 0.8": CURVE_COLOURS[0],
+               "merge (ToMe), 10": CURVE_COLOURS[1]}  # fmt: skip
+    lines = make_token_counts(traces, colours).to_dict()["data"]
+    assert {line["name"]: line["line"]["color"] for line in lines} == colours
+
+
+def test_the_decision_timeline_spans_only_the_counts_it_shows():
+    from components.figures import make_video_timeline
+
+    fig = make_video_timeline([0.0, 0.5, 1.0], [90.0] * 3, [False] * 3, [6, 6, 6], "exit that fired", ["cat"] * 3,
+                              [0.9] * 3).to_dict()  # fmt: skip
+    assert list(fig["layout"]["yaxis2"]["range"]) == [5.5, 6.5]  # every frame fired exit 6: no "exit 7" tick
+
+
+def test_merged_token_maps_have_a_colour_for_each_group_seen():
+    """Merging 16 tokens a layer left up to 18 merged groups on one map (noise images)."""
+    from components.overlays import PALETTE
+
+    assert len(set(PALETTE)) == len(PALETTE) >= 18
