@@ -92,10 +92,11 @@ def theme_template(name: str) -> dict[str, Any]:
     return pio.templates[name].to_plotly_json()
 
 
-def mflops_text(flops: float) -> str:
-    """MFLOPs with one decimal, or as many as show a small cost (an exit's 0.005) as not zero."""
-    mflops = flops / 1e6
-    return f"{mflops:.1f}" if mflops >= 0.05 or mflops == 0 else f"{mflops:.2g}"
+def mflops_text(flops: float, decimals: int = 1, below: float = 0.05) -> str:
+    """FLOPs as MFLOPs with ``decimals`` decimals; under ``below``, two significant digits, so
+    that a small cost that is not zero (an exit's 0.005, a token fusion) does not read as 0."""
+    m = flops / 1e6
+    return f"{m:.{decimals}f}" if m == 0 or abs(m) >= below else f"{m:.2g}"
 
 
 def shared_layout(*, height: int, title: str | None = None, margin: dict[str, int] | None = None,

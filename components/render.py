@@ -9,6 +9,7 @@ from typing import Any
 
 import streamlit as st
 
+from components.figures import mflops_text
 from models.core import Knob, Trace
 
 
@@ -121,8 +122,7 @@ def render_small_table(rows: Sequence[dict[str, Any]]) -> None:
 def mflops_cell(flops: float) -> str:
     """FLOPs as MFLOPs for a table cell: two decimals, and two significant digits below 0.01 so
     that a small cost that is not zero (a classifier head, a token fusion) does not read as 0."""
-    m = flops / 1e6
-    return f"{m:.2f}" if m == 0 or abs(m) >= 0.01 else f"{m:.2g}"
+    return mflops_text(flops, 2, 0.01)
 
 
 def markdown_text(value: Any) -> str:

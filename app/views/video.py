@@ -70,14 +70,13 @@ def frame_results(video: Video, video_key: tuple, name: str, knobs: dict[str, An
     only on frames no earlier setting ran it on."""
     key = (video_key, name, tuple(sorted(knobs.items())))
     cached = st.session_state.get(state.VIDEO_RESULTS)
+    model = load_model(name)
     if cached is None or cached[0] != key:
         st.session_state[state.VIDEO_RESULTS] = None  # free the previous setting's first
-        model = load_model(name)
         thumbs = [np.asarray(square_thumbnail(f.image, model.input_size)) for f in video.frames]
         cached = (key, thumbs, {})
         st.session_state[state.VIDEO_RESULTS] = cached
     _, thumbs, traces = cached
-    model = load_model(name)
     bar = None
 
     def infer(i: int):
