@@ -98,24 +98,17 @@ def _upload() -> InputImage | None:
     )  # fmt: skip
     came_back = not st.session_state.get(state.UPLOAD_DRAWN, False)
     st.session_state[state.UPLOAD_DRAWN] = True
-    kept = st.session_state.get(state.KEPT_UPLOAD)
-    if file is not None:
-        name, data = file.name, file.getvalue()
-        st.session_state[state.KEPT_UPLOAD_SHOWN] = False
-    elif kept is not None and (came_back or st.session_state.get(state.KEPT_UPLOAD_SHOWN)):
-        (name, data), st.session_state[state.KEPT_UPLOAD_SHOWN] = kept, True
-        st.caption(f"Still using **{name}**, uploaded before another source was chosen. Upload an image to replace it.")
-    else:  # nothing uploaded, or the user removed the upload
-        st.session_state.pop(state.KEPT_UPLOAD, None)
+    upload = state.kept_upload(file, state.KEPT_UPLOAD, state.KEPT_UPLOAD_SHOWN, came_back=came_back,
+                               note="uploaded before another source was chosen. Upload an image to replace it.")  # fmt: skip
+    if upload is None:
         return None
+    name, data = upload
     try:
-        picked = decode_upload(_digest(data), name, data)
+        return decode_upload(_digest(data), name, data)
     except InputError as err:
         st.session_state[state.INPUT_ERROR] = str(err)
         st.session_state.pop(state.KEPT_UPLOAD, None)
         return None
-    st.session_state[state.KEPT_UPLOAD] = (name, data)
-    return picked
 
 
 def _test_image() -> InputImage | None:

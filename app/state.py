@@ -2,7 +2,7 @@
 
 import functools
 from collections.abc import Callable
-from typing import ParamSpec
+from typing import Any, ParamSpec
 
 import streamlit as st
 
@@ -111,3 +111,23 @@ def knob_fragment(run: Callable[P, None]) -> Callable[P, None]:
         run(*args, **kwargs)
 
     return st.fragment(kept)
+
+
+def kept_upload(file: Any, kept_key: str, shown_key: str, *, came_back: bool, note: str) -> tuple[str, bytes] | None:
+    """An uploader's file as (name, bytes), kept under ``kept_key`` for when Streamlit empties
+    the uploader (a run that did not draw it); ``came_back``: this run is the first to draw it
+    again. Then the kept upload stands in, ``note`` under the empty uploader says so, and
+    ``shown_key`` remembers it for the reruns after. None, and the kept upload forgotten, when
+    nothing was uploaded or the user removed the upload. A caller that refuses the file pops
+    ``kept_key``, so that a bad upload does not come back."""
+    kept = st.session_state.get(kept_key)
+    if file is not None:
+        upload, st.session_state[shown_key] = (file.name, file.getvalue()), False
+    elif kept is not None and (came_back or st.session_state.get(shown_key)):
+        upload, st.session_state[shown_key] = kept, True
+        st.caption(f"Still using **{kept[0]}**, {note}")
+    else:  # nothing uploaded, or the user removed the upload
+        st.session_state.pop(kept_key, None)
+        return None
+    st.session_state[kept_key] = upload
+    return upload

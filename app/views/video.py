@@ -98,24 +98,6 @@ def frame_results(video: Video, video_key: tuple, name: str, knobs: dict[str, An
             bar.empty()
 
 
-def kept_upload(file: Any) -> tuple[str, bytes] | None:
-    """The uploaded video as (name, bytes); or, when the user comes back from another page
-    (which emptied the uploader), the last upload, said so under the empty uploader."""
-    came_back = st.session_state.get(state.PREVIOUS_PAGE) != st.session_state.get(state.PAGE)
-    kept = st.session_state.get(state.VIDEO_KEPT_UPLOAD)
-    if file is not None:
-        upload, st.session_state[state.VIDEO_KEPT_SHOWN] = (file.name, file.getvalue()), False
-    elif kept is not None and (came_back or st.session_state.get(state.VIDEO_KEPT_SHOWN)):
-        upload, st.session_state[state.VIDEO_KEPT_SHOWN] = kept, True
-        st.caption(f"Still using **{kept[0]}**, uploaded before you visited another page. Upload a video to "
-                   "replace it.")  # fmt: skip
-    else:  # nothing uploaded, or the user removed the upload
-        st.session_state.pop(state.VIDEO_KEPT_UPLOAD, None)
-        return None
-    st.session_state[state.VIDEO_KEPT_UPLOAD] = upload
-    return upload
-
-
 def render_summary(video: Video, results: list[FrameResult], name: str) -> None:
     model = load_model(name)
     computed = [r for r in results if not r.reused]
@@ -208,7 +190,9 @@ def render_video() -> None:
     st.caption("Any model, frame by frame: what it decided over time, and the compute a video's redundancy can save.")
     file = st.file_uploader("Video", type=list(EXTENSIONS), key=state.VIDEO_UPLOAD,
                             help="mp4, webm, mov, mkv, avi or an animated gif; decoded with PyAV (FFmpeg).")  # fmt: skip
-    upload = kept_upload(file)
+    came_back = st.session_state.get(state.PREVIOUS_PAGE) != st.session_state.get(state.PAGE)  # a visit
+    upload = state.kept_upload(file, state.VIDEO_KEPT_UPLOAD, state.VIDEO_KEPT_SHOWN, came_back=came_back,
+                               note="uploaded before you visited another page. Upload a video to replace it.")  # fmt: skip
     kept = current_value  # the page's settings are kept between pages (app.state.keep_settings)
     sample = st.toggle("No video at hand? Use the sample clip", kept(state.VIDEO_SAMPLE, False), key=state.VIDEO_SAMPLE,
                        help=SAMPLE_HELP, disabled=upload is not None)  # fmt: skip
