@@ -108,9 +108,10 @@ refine2-gpu: $(RUN_STAMP)
 # side each, give it half or more of the rows (--loss all_on_share=...). The rule fixed before each
 # round: among the variants whose validation accuracy at mask threshold 0.5 is within 1 point of
 # their dense one, the highest dense validation accuracy, if it beats the weights it started from.
-# Round 1 (DENSE1_BUDGET s, from the refined weights) chose AutoAugment, all_on_share 0.5, peak lr
-# 0.03; round 2 (DENSE2_BUDGET s, from round 1's) chose peak lr 0.02. Each target writes its chosen
-# variant to assets/weights (it does not choose again), the others to checkpoints/dense/.
+# Round 1 (DENSE1_BUDGET s, from its finetune-gpu weights: refine-gpu shipped none for it) chose
+# AutoAugment, all_on_share 0.5, peak lr 0.03; round 2 (DENSE2_BUDGET s, from round 1's) chose peak
+# lr 0.02. Each target writes its chosen variant to assets/weights (it does not choose again), the
+# others to checkpoints/dense/.
 DENSE1_BUDGET ?= 380
 DENSE2_BUDGET ?= 310
 DENSE_RUN = $(call GPU_TRAIN,pixel_mask,$(1),300) --threads 2 $(call FROM_OWN,pixel_mask) --warmup 0.05 --cutout 16

@@ -105,9 +105,11 @@ def _upload() -> InputImage | None:
     name, data = upload
     try:
         return decode_upload(_digest(data), name, data)
-    except InputError as err:
+    except Exception as err:
+        st.session_state.pop(state.KEPT_UPLOAD, None)  # an upload that did not decode must not come back
+        if not isinstance(err, InputError):
+            raise
         st.session_state[state.INPUT_ERROR] = str(err)
-        st.session_state.pop(state.KEPT_UPLOAD, None)
         return None
 
 

@@ -15,9 +15,10 @@ from tests.support import ROOT
 
 def recipe(command: str) -> list[tuple[str, ...]]:
     """A ``models.train`` command without where the data is read from and the weights written:
-    its options, each with its values, in a fixed order (argparse reads them in any). The
-    starting weights keep only their file name: the lineage identifies them by hash, and a run
-    on the GPU machine read them from a scratch folder, not from assets/weights."""
+    its options, each with its values, in a fixed order (argparse reads them in any). Starting
+    weights read from an absolute path (a scratch folder on the GPU machine) stand for the
+    shipped file of that name, the one the command before them in the lineage wrote (the
+    lineage identifies it by hash); a relative path is compared as it is."""
     words = shlex.split(command)
     options: list[list[str]] = []
     for word in words[words.index("models.train") + 1 :]:
@@ -25,7 +26,12 @@ def recipe(command: str) -> list[tuple[str, ...]]:
             options.append([word])
         else:
             options[-1].append(word)
-    options = [[o[0], Path(o[1]).name] if o[0] in ("--init", "--init-card") else o for o in options]
+    options = [
+        [o[0], f"assets/weights/{Path(o[1]).name}"]
+        if o[0] in ("--init", "--init-card") and Path(o[1]).is_absolute()
+        else o
+        for o in options
+    ]
     return sorted(tuple(o) for o in options if o[0] not in ("--data", "--out"))
 
 
@@ -78,8 +84,11 @@ def test_the_make_gpu_targets_run_the_shipped_cards_recipes_run_by_run():
     that is in no card."""
     runs = {card.stem: [recipe(command) for command in lineage(card)] for card in sorted(WEIGHTS_DIR.glob("*.json"))}
     made: dict[str, list] = {name: [] for name in runs}
+    targets: dict[str, list[str]] = {name: [] for name in runs}
     for target in GPU_RUNS:
         for command in make_recipes(target):
-            made[dict((o[0], o[-1]) for o in command)["--model"]].append(command)
+            model = dict((o[0], o[-1]) for o in command)["--model"]
+            made[model].append(command)
+            targets[model].append(target)
     assert made == runs
-    assert all(len(commands) >= 2 for commands in runs.values())
+    assert all(names[:2] == ["train-gpu", "finetune-gpu"] for names in targets.values()), targets
