@@ -13,6 +13,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 import models
+from app import state
 from app.inputs import EXAMPLE, TEST, UPLOAD
 from tests.conftest import ROOT
 from tests.support import make_video
@@ -180,6 +181,23 @@ def test_an_upload_is_still_there_after_another_source_was_chosen(photos):
     assert not any(c.value.startswith("Still using") for c in at.sidebar.caption)
     at.sidebar.get("file_uploader")[0].set_value(None).run()  # the user removes it
     assert at.session_state["input"] is None and not at.exception
+
+
+def test_an_upload_that_breaks_the_decoder_is_not_kept(photos, monkeypatch):
+    """A decoder failure other than a refused image (here a MemoryError) shows as an exception,
+    and that upload is not kept to come back on the next visit to Upload: the good one before
+    it is gone too, as a new upload replaces it."""
+    at = open_page(EARLY_EXITS)
+    upload(at, photos[0].name, photos[0].read_bytes(), "image/jpeg")
+    assert at.session_state[state.KEPT_UPLOAD][0] == photos[0].name
+
+    def broken(data: bytes, name: str) -> None:
+        raise MemoryError("the decoder ran out of memory")
+
+    monkeypatch.setattr("app.inputs.load_image", broken)
+    at.sidebar.get("file_uploader")[0].set_value(("broken.jpg", photos[1].read_bytes() + b"\0", "image/jpeg")).run()
+    assert at.exception
+    assert state.KEPT_UPLOAD not in at.session_state
 
 
 @pytest.mark.parametrize(
