@@ -15,7 +15,9 @@
   skipping at its default threshold, token pruning at the keep ratio saving >= 30 % of the
   FLOPs, pixel masks over their thresholds against dense (needs ``$DYNN_CIFAR10``);
 - the Video page's pipeline on a 10 s 640x360 clip sampled at 5 frames per second, and a
-  1-minute clip sampled across its length with and without seeking.
+  1-minute clip sampled across its length with and without seeking;
+- the machine, and its speed before the first section and after the last (one reference
+  matrix product, ``reference_product_us``).
 """
 
 from __future__ import annotations
@@ -282,12 +284,25 @@ def video_spread(seconds: float = 60.0, frames: int = 15) -> dict:
 
 
 def machine() -> dict:
-    """What the figures were measured on: timings from two machines are not comparable."""
+    """What the figures were measured on: timings from two machines are not comparable, nor
+    from one machine at two speeds (:func:`reference_product_us`)."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), None)
     flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
     return {"cpu": model, "cores": os.cpu_count(), "avx512": "avx512f" in flags, "avx2": "avx2" in flags,
-            "torch": str(torch.__version__), "torch_threads": torch.get_num_threads()}  # fmt: skip
+            "torch": str(torch.__version__), "torch_threads": torch.get_num_threads(),
+            "reference_product_us": reference_product_us()}  # fmt: skip
+
+
+def reference_product_us() -> float:
+    """The machine's speed now: the median time of one matrix product the size of a batch-1
+    transformer MLP's (65x128 by 128x512), in microseconds. On the project's machine it drifts
+    between hours (115-150 µs), and every batch-1 latency with it: the bench records it before
+    its first section and after its last, so that two runs' figures can be told apart."""
+    from torch.utils.benchmark import Timer
+
+    a, w = torch.randn(65, 128), torch.randn(128, 512)
+    return round(Timer("a @ w", globals={"a": a, "w": w}).blocked_autorange(min_run_time=1).median * 1e6, 1)
 
 
 KNOB_MOVES = {
@@ -312,6 +327,7 @@ def main() -> None:
         "video_spread": video_spread,
         "server_side_knob_change": lambda: server_side_knob_changes(KNOB_MOVES),
         "browser": browser_figures,
+        "machine_after": lambda: {"reference_product_us": reference_product_us()},
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
