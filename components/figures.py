@@ -358,29 +358,6 @@ def with_breaks(values: Sequence[Any], gaps: Sequence[int]) -> list[Any]:
     return out
 
 
-def make_exit_share(point: dict[str, Any]) -> go.Figure:
-    """Share of test images leaving at each exit at one threshold."""
-    share = point["exit_share"]
-    names = [f"exit {k + 1}" for k in range(len(share))]
-    bars = series("bar", x=names, y=[100 * s for s in share], marker={"color": EXIT}, text=[f"{100 * s:.0f}%" for s in share],
-                  textposition="outside", cliponaxis=False, hovertemplate="%{x}: %{y:.1f}% of test images<extra></extra>")  # fmt: skip
-    return make_figure([bars], height=280, margin={"l": 76, "b": 40},
-                       yaxis=axis("% of test images", range=[0, 110]))  # fmt: skip
-
-
-def make_class_exit_heatmap(point: dict[str, Any], classes: Sequence[str]) -> go.Figure:
-    """Rows: true class; columns: exit; cell: share of that class's test images leaving there."""
-    counts = np.asarray(point["class_exit_counts"], dtype=float)  # (C, K)
-    share = counts / counts.sum(1, keepdims=True).clip(min=1)
-    names = [f"exit {k + 1}" for k in range(counts.shape[1])]
-    heat = series("heatmap",
-        z=100 * share, x=names, y=list(classes), colorscale=colour_scale("Blues"), zmin=0, zmax=100,
-        text=np.round(100 * share).astype(int), texttemplate="%{text}", colorbar={"title": {"text": "%"}},
-        hovertemplate="%{y}: %{z:.1f}% leave at %{x}<extra></extra>",
-    )  # fmt: skip
-    return make_figure([heat], height=360, margin=CLASS_HEATMAP, yaxis={"autorange": "reversed"})
-
-
 def block_label(i: int, per_stage: int) -> str:
     """``s2.b1``: stage and block within it, both from 1."""
     return f"s{i // per_stage + 1}.b{i % per_stage + 1}"

@@ -20,15 +20,9 @@ from app.common import (
     render_table_header,
 )
 from app.models_cache import load_model
-from components.figures import (
-    exit_topk,
-    make_accuracy_curve,
-    make_class_exit_heatmap,
-    make_exit_confidence,
-    make_exit_share,
-    make_exit_strip,
-)
+from components.figures import EXIT, exit_topk, make_accuracy_curve, make_exit_confidence, make_exit_strip
 from components.render import Timing, render_cost_metrics, render_knobs, render_small_table
+from components.tables import make_share_bars, make_share_grid
 from models.core import Trace
 from models.early_exit import CRITERION_LABELS, exits_enabled
 
@@ -81,13 +75,18 @@ def render_dataset_panel(table: dict[str, Any], knobs: dict[str, Any], classes: 
         st.plotly_chart(fig, key="ee_curve")
         st.caption("Where the line runs above a square, stopping when confident is more accurate than always "
                    "stopping at that exit, for the same mean compute.")  # fmt: skip
+    exits = [f"exit {k + 1}" for k in range(len(point["exit_share"]))]
+    counts = np.asarray(point["class_exit_counts"], dtype=float)  # (C, K)
     with right:
-        st.plotly_chart(make_exit_share(point), key="ee_share")
+        tip = "{percent:.1f}% of test images leave at {label}"
+        st.html(make_share_bars(exits, point["exit_share"], colour=EXIT, tip=tip))
         st.caption("Where the test images leave the network at this threshold.")
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(make_class_exit_heatmap(point, classes), key="ee_heatmap")
-        st.caption("Which classes exit early: each row sums to 100%.")
+        tip = "{percent:.1f}% of the test images of {row} leave at {column}"
+        st.html(make_share_grid(classes, exits, counts / counts.sum(1, keepdims=True).clip(min=1), tip=tip))
+        st.caption("Which classes exit early: the % of each class's test images that leave at each exit (each row "
+                   "sums to 100).")  # fmt: skip
     with right:
         st.markdown("**Overthinking** (Kaya et al., 2019)")
         st.metric("At this threshold: early exit right, last wrong", f"{point['early_right_last_wrong']} images",

@@ -128,6 +128,33 @@ def test_moving_the_threshold_changes_the_compute_figure():
     assert metric(at, "Exit").split()[0] == metric(at, "Exit").split()[-1]  # the last exit
 
 
+def panel_tables(at: AppTest) -> tuple[list[str], list[list[str]]]:
+    """The test-set panel's exit shares (a percentage per exit) and class grid (a row of
+    percentages per class), read from the two ``st.html`` tables."""
+    bars, grid = (h.proto.body for h in at.get("html"))
+    shares = re.findall(r">(\d+)%</td>", bars)
+    rows = [re.findall(r">(\d+)</td>", row) for row in re.findall(r"<tr><th[^>]*>[^<]+</th>(.*?)</tr>", grid)]
+    return shares, rows
+
+
+def test_the_exit_shares_and_class_grid_follow_the_threshold():
+    """Threshold 0: every test image leaves at the first exit; 1: at the last. In between, the
+    shares are the eval table's at that threshold."""
+    at = open_page(EARLY_EXITS)
+    slider(at, "Confidence threshold").set_value(0.0).run()
+    shares, rows = panel_tables(at)
+    exits = len(shares)
+    assert shares == ["100"] + ["0"] * (exits - 1)
+    assert len(rows) == 10 and all(row == ["100"] + ["0"] * (exits - 1) for row in rows)
+    slider(at, "Confidence threshold").set_value(1.0).run()
+    shares, rows = panel_tables(at)
+    assert shares == ["0"] * (exits - 1) + ["100"] and all(row == ["0"] * (exits - 1) + ["100"] for row in rows)
+    slider(at, "Confidence threshold").set_value(0.5).run()
+    table = json.loads((ROOT / "assets" / "eval" / "early_exit.json").read_text())
+    point = next(p for p in table["criteria"]["max_prob"] if p["value"] == 0.5)
+    assert panel_tables(at)[0] == [f"{100 * s:.0f}" for s in point["exit_share"]]
+
+
 def test_the_static_setting_shows_no_gain_in_test_accuracy():
     """At threshold 1.0 the test-set point is the last exit itself: "0.00 pts", not a green
     "+0.00" that reads as better."""
