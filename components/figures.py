@@ -423,29 +423,6 @@ def make_block_path(trace: Trace) -> go.Figure:
                    yaxis={"visible": False, "range": [-1.1, 1.35]})  # fmt: skip
 
 
-def make_blocks_histogram(point: dict[str, Any]) -> go.Figure:
-    """How many gated blocks the test images ran at one threshold."""
-    counts = np.asarray(point["blocks_histogram"], dtype=float)
-    share = 100 * counts / counts.sum()
-    bars = series("bar", x=list(range(len(counts))), y=share, marker={"color": RAN}, text=[f"{s:.0f}%" for s in share],
-                  textposition="outside", cliponaxis=False,
-                  hovertemplate="%{x} blocks run: %{y:.1f}% of test images<extra></extra>")  # fmt: skip
-    return make_figure([bars], height=300, margin={"l": 76, "t": 24, "b": 70}, xaxis=axis("gated blocks run", dtick=1),
-                   yaxis=axis("% of test images", range=[0, min(max(share.max() * 1.2, 10), 110)]))  # fmt: skip
-
-
-def make_class_block_heatmap(point: dict[str, Any], classes: Sequence[str], per_stage: int) -> go.Figure:
-    """Rows: true class; columns: gated block; cell: how often that class's images ran it."""
-    rate = 100 * np.asarray(point["class_block_rate"])  # (C, N)
-    names = [block_label(i, per_stage) for i in range(rate.shape[1])]
-    heat = series("heatmap",
-        z=rate, x=names, y=list(classes), colorscale=colour_scale("Blues"), zmin=0, zmax=100,
-        text=np.round(rate).astype(int), texttemplate="%{text}", colorbar={"title": {"text": "% run"}},
-        hovertemplate="%{y}: block %{x} runs for %{z:.1f}%<extra></extra>",
-    )  # fmt: skip
-    return make_figure([heat], height=360, margin=CLASS_HEATMAP, yaxis={"autorange": "reversed"})
-
-
 # --- transformer: tokens and experts ------------------------------------------------------------
 
 

@@ -26,13 +26,13 @@ CELL = "padding:1px 6px;white-space:nowrap"
 
 
 def make_share_bars(labels: Sequence[str], shares: Sequence[float], *, colour: str, tip: str) -> str:
-    """One row per label: the label, a bar as long as its share (0-1) of the row's width, the
-    percentage. ``tip``: each row's tooltip, a format string of ``label`` and ``percent``."""
+    """One row per label: the label, a bar as long as its share (0-1) of the row's width (at
+    least a pixel when the share is not 0), the percentage. ``tip``: each row's tooltip, a format string of ``label`` and ``percent``."""
     rows = "".join(
         f'<tr title="{escape(tip.format(label=label, percent=100 * share))}">'
         f'<td style="{CELL}">{escape(label)}</td>'
-        f'<td style="{CELL};width:100%"><div style="width:{100 * share:.2f}%;min-width:1px;height:0.9em;'
-        f'background:{colour}"></div></td>'
+        f'<td style="{CELL};width:100%"><div style="width:{100 * share:.2f}%;min-width:{int(share > 0)}px;'
+        f'height:0.9em;background:{colour}"></div></td>'
         f'<td style="{CELL};text-align:right">{100 * share:.0f}%</td></tr>'
         for label, share in zip(labels, shares, strict=True)
     )

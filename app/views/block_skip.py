@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import streamlit as st
 import torch
 
@@ -20,14 +21,9 @@ from app.common import (
 )
 from app.inputs import usable_test_split
 from app.models_cache import load_model
-from components.figures import (
-    block_label,
-    make_accuracy_curve,
-    make_block_path,
-    make_blocks_histogram,
-    make_class_block_heatmap,
-)
+from components.figures import RAN, block_label, make_accuracy_curve, make_block_path
 from components.render import Timing, mflops_cell, render_cost_metrics, render_small_table
+from components.tables import make_share_bars, make_share_grid
 from models.core import Trace
 
 MODEL = "block_skip"
@@ -79,11 +75,16 @@ def render_dataset_panel(table: dict[str, Any], threshold: float, classes: tuple
         st.caption("Line: the gates over the threshold sweep, a dot per threshold measured, dotted where no threshold "
                    "lands between two far apart. "
                    "Square: every block on (the static network).")  # fmt: skip
+    counts = np.asarray(point["blocks_histogram"], dtype=float)  # images by number of gated blocks run
     with right:
-        st.plotly_chart(make_blocks_histogram(point), key="bs_hist")
+        runs = [f"{k} block{'s' * (k != 1)}" for k in range(len(counts))]
+        tip = "{percent:.1f}% of test images ran {label}"
+        st.html(make_share_bars(runs, counts / counts.sum(), colour=RAN, tip=tip))
         st.caption(f"How many of the {len(point['block_rate'])} gated blocks the test images ran at this threshold.")
-    st.plotly_chart(make_class_block_heatmap(point, classes, per_stage), key="bs_heatmap")
-    st.caption("Which blocks each class relies on: the share of its test images that ran each block (ConvNet-AIG).")
+    blocks = [block_label(i, per_stage) for i in range(len(point["block_rate"]))]
+    tip = "block {column} runs for {percent:.1f}% of the test images of {row}"
+    st.html(make_share_grid(classes, blocks, np.asarray(point["class_block_rate"]), tip=tip))
+    st.caption("Which blocks each class relies on: the % of its test images that ran each block (ConvNet-AIG).")
     render_test_images("Cheapest paths at this threshold", point["cheapest"], classes)
     render_test_images("Most expensive paths at this threshold", point["dearest"], classes)
 

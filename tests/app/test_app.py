@@ -441,6 +441,18 @@ def test_block_skip_page_renders_with_its_test_set_panel():
     assert not at.error and not at.warning
 
 
+def test_the_block_counts_and_class_grid_are_the_eval_tables_at_the_threshold():
+    at = open_page(BLOCK_SKIP)
+    table = json.loads((ROOT / "assets" / "eval" / "block_skip.json").read_text())
+    for value in (0.0, 0.5, 0.9):
+        slider(at, "Gate threshold").set_value(value).run()
+        shares, rows = panel_tables(at)
+        point = next(p for p in table["points"] if p["value"] == value)
+        counts = point["blocks_histogram"]
+        assert shares == [f"{100 * c / sum(counts):.0f}" for c in counts]
+        assert rows == [[f"{100 * r:.0f}" for r in row] for row in point["class_block_rate"]]
+
+
 def test_gate_threshold_and_the_all_blocks_toggle_change_the_path():
     at = open_page(BLOCK_SKIP)
     slider(at, "Gate threshold").set_value(0.0).run()

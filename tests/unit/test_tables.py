@@ -17,6 +17,8 @@ def test_share_bars_have_a_row_per_label_with_its_bar_length_and_percentage():
         ["exit 1", "exit 2", "exit 3"], [0.5, 0.375, 0.125], colour="#ff7f0e", tip="{label}: {percent:.1f}%"
     )
     assert re.findall(r"width:([\d.]+)%;min-width", html) == ["50.00", "37.50", "12.50"]
+    tiny = make_share_bars(["a", "b"], [0.001, 0.0], colour="#ff7f0e", tip="{label}")
+    assert re.findall(r"min-width:(\d)px", tiny) == ["1", "0"]  # a share that is not 0 shows
     assert re.findall(r">(\d+)%</td>", html) == ["50", "38", "12"]
     assert re.findall(r'title="([^"]+)"', html) == ["exit 1: 50.0%", "exit 2: 37.5%", "exit 3: 12.5%"]
 
