@@ -143,7 +143,7 @@ def make_figure(
     :func:`shared_layout`), and ``layout``'s own keys (axes as ``xaxis``/``yaxis`` dicts, shapes,
     annotations). Plotly checks a layout passed to the constructor once; ``update_layout``,
     ``update_xaxes`` and ``add_shape`` each walk the figure again, and together they were most of what building a chart cost on every slider move (an
-    early-exit threshold move rebuilds four); how it is built: :class:`Chart`."""
+    early-exit threshold move rebuilt four in stop 18); how it is built: :class:`Chart`."""
     extra = {"shapes": list(shapes)} if shapes else {}
     extra |= {"annotations": list(annotations)} if annotations else {}
     return Chart(data, shared_layout(height=height, title=title, margin=margin, showlegend=showlegend) | extra | layout)

@@ -23,7 +23,7 @@ from app.inputs import usable_test_split
 from app.models_cache import load_model
 from components.figures import RAN, block_label, make_accuracy_curve, make_block_path
 from components.render import Timing, mflops_cell, render_cost_metrics, render_small_table
-from components.tables import make_share_bars, make_share_grid
+from components.tables import make_share_bars, make_share_grid, shares
 from models.core import Trace
 
 MODEL = "block_skip"
@@ -75,13 +75,13 @@ def render_dataset_panel(table: dict[str, Any], threshold: float, classes: tuple
         st.caption("Line: the gates over the threshold sweep, a dot per threshold measured, dotted where no threshold "
                    "lands between two far apart. "
                    "Square: every block on (the static network).")  # fmt: skip
-    counts = np.asarray(point["blocks_histogram"], dtype=float)  # images by number of gated blocks run
+    gated = len(point["block_rate"])
     with right:
-        runs = [f"{k} block{'s' * (k != 1)}" for k in range(len(counts))]
-        tip = "{percent:.1f}% of test images ran {label}"
-        st.html(make_share_bars(runs, counts / counts.sum(), colour=RAN, tip=tip))
-        st.caption(f"How many of the {len(point['block_rate'])} gated blocks the test images ran at this threshold.")
-    blocks = [block_label(i, per_stage) for i in range(len(point["block_rate"]))]
+        runs = [f"{k} of {gated}" for k in range(gated + 1)]  # images by the number of gated blocks run
+        tip = "{percent:.1f}% of test images ran {label} gated blocks"
+        st.html(make_share_bars(runs, shares(point["blocks_histogram"]), colour=RAN, tip=tip))
+        st.caption(f"How many of the {gated} gated blocks the test images ran at this threshold.")
+    blocks = [block_label(i, per_stage) for i in range(gated)]
     tip = "block {column} runs for {percent:.1f}% of the test images of {row}"
     st.html(make_share_grid(classes, blocks, np.asarray(point["class_block_rate"]), tip=tip))
     st.caption("Which blocks each class relies on: the % of its test images that ran each block (ConvNet-AIG).")

@@ -22,7 +22,7 @@ from app.common import (
 from app.models_cache import load_model
 from components.figures import EXIT, exit_topk, make_accuracy_curve, make_exit_confidence, make_exit_strip
 from components.render import Timing, render_cost_metrics, render_knobs, render_small_table
-from components.tables import make_share_bars, make_share_grid
+from components.tables import make_share_bars, make_share_grid, shares
 from models.core import Trace
 from models.early_exit import CRITERION_LABELS, exits_enabled
 
@@ -76,7 +76,6 @@ def render_dataset_panel(table: dict[str, Any], knobs: dict[str, Any], classes: 
         st.caption("Where the line runs above a square, stopping when confident is more accurate than always "
                    "stopping at that exit, for the same mean compute.")  # fmt: skip
     exits = [f"exit {k + 1}" for k in range(len(point["exit_share"]))]
-    counts = np.asarray(point["class_exit_counts"], dtype=float)  # (C, K)
     with right:
         tip = "{percent:.1f}% of test images leave at {label}"
         st.html(make_share_bars(exits, point["exit_share"], colour=EXIT, tip=tip))
@@ -84,9 +83,9 @@ def render_dataset_panel(table: dict[str, Any], knobs: dict[str, Any], classes: 
     left, right = st.columns(2)
     with left:
         tip = "{percent:.1f}% of the test images of {row} leave at {column}"
-        st.html(make_share_grid(classes, exits, counts / counts.sum(1, keepdims=True).clip(min=1), tip=tip))
+        st.html(make_share_grid(classes, exits, shares(point["class_exit_counts"]), tip=tip))  # (C, K)
         st.caption("Which classes exit early: the % of each class's test images that leave at each exit (each row "
-                   "sums to 100).")  # fmt: skip
+                   "sums to 100 before rounding).")  # fmt: skip
     with right:
         st.markdown("**Overthinking** (Kaya et al., 2019)")
         st.metric("At this threshold: early exit right, last wrong", f"{point['early_right_last_wrong']} images",

@@ -152,7 +152,9 @@ def test_the_exit_shares_and_class_grid_follow_the_threshold():
     slider(at, "Confidence threshold").set_value(0.5).run()
     table = json.loads((ROOT / "assets" / "eval" / "early_exit.json").read_text())
     point = next(p for p in table["criteria"]["max_prob"] if p["value"] == 0.5)
-    assert panel_tables(at)[0] == [f"{100 * s:.0f}" for s in point["exit_share"]]
+    shares, rows = panel_tables(at)
+    assert shares == [f"{100 * s:.0f}" for s in point["exit_share"]]
+    assert rows == [[f"{100 * (c / sum(row)):.0f}" for c in row] for row in point["class_exit_counts"]]
 
 
 def test_the_static_setting_shows_no_gain_in_test_accuracy():
@@ -449,7 +451,7 @@ def test_the_block_counts_and_class_grid_are_the_eval_tables_at_the_threshold():
         shares, rows = panel_tables(at)
         point = next(p for p in table["points"] if p["value"] == value)
         counts = point["blocks_histogram"]
-        assert shares == [f"{100 * c / sum(counts):.0f}" for c in counts]
+        assert shares == [f"{100 * (c / sum(counts)):.0f}" for c in counts]
         assert rows == [[f"{100 * r:.0f}" for r in row] for row in point["class_block_rate"]]
 
 

@@ -4,7 +4,8 @@
 - knob change, server side: the real server's rerun of the page's knob fragment after a slider
   move, from a headless websocket session (median ms), on the early-exit page (instant
   re-decision) and the block-skipping, tokens, experts and pixels pages (a forward pass each);
-- slider release to updated figure in Chromium (median ms), and the real server's time for the
+- slider release to updated figure in Chromium (median ms), to the page settled (the frame
+  after its last change, the test-set panel's included), and the real server's time for the
   same reruns (rerun request to ``script_finished``, at the network layer);
 - cold start (s): from starting the server to the early-exit page's first figure drawn and its
   first run finished (every figure and panel of the page: an upper bound on the first figure),
@@ -35,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 import models
 from models.core import EVAL_DIR
@@ -102,19 +104,23 @@ def cold_page(run: tuple[str, ...]) -> Iterator[tuple[Any, dict]]:
 
 
 QUIET_MS = 300
-# In the page: when the last key went down and when the document last changed (in-page clock).
+# In the page (its clock): when the last key went down, and when the frame after the document's
+# last change (elements, text or attributes) had been drawn: a table's layout and paint come
+# after the one change that inserts it, so the change's own time would leave them out.
 WATCH_CHANGES = """() => {
   window.dynnLastChange = window.dynnKeyDown = performance.now();
   document.addEventListener("keydown", () => { window.dynnKeyDown = performance.now(); }, true);
-  new MutationObserver(() => { window.dynnLastChange = performance.now(); })
-    .observe(document.body, {subtree: true, childList: true, characterData: true});
+  const drawn = () => requestAnimationFrame(() => setTimeout(() => { window.dynnLastChange = performance.now(); }));
+  new MutationObserver(drawn)
+    .observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
 }"""
 
 
 def slider_moves(page, moves: int) -> dict:
-    """Slider release (a key press) to the updated confidence figure; to the page settled (its
-    last change in the document, the test-set panel's included, read as the last DOM mutation
-    before 300 ms without one: the charts and tables below the figure are drawn after it); and
+    """Slider release (a key press) to the updated confidence figure; to the page settled (the
+    frame after its last change in the document, the test-set panel's included, once 300 ms
+    pass without one: the charts and tables below the figure are drawn after it; a move that
+    does not settle within 30 s counts in ``unsettled`` instead); and
     the real server's time from the rerun request leaving the browser to its ``script_finished``
     message arriving, read at the network layer (Chrome DevTools Protocol frame timestamps), so
     that it does not wait for the page's drawing. The frames are only kept during a move and
@@ -127,7 +133,7 @@ def slider_moves(page, moves: int) -> dict:
     page.evaluate(WATCH_CHANGES)
     thumb = threshold_slider(page)
     thumb.focus()
-    times, settled, server = [], [], []
+    times, settled, server, unsettled = [], [], [], 0
     for _ in range(moves):
         value = float(thumb.input_value())
         target = f"threshold {value - 0.01:.2f}"
@@ -140,14 +146,17 @@ def slider_moves(page, moves: int) -> dict:
         )  # fmt: skip
         times.append((time.perf_counter() - t0) * 1e3)
         wait_idle(page)
-        page.wait_for_function(f"() => performance.now() - window.dynnLastChange > {QUIET_MS}", timeout=30_000)
-        settled.append(page.evaluate("window.dynnLastChange - window.dynnKeyDown"))
+        try:
+            page.wait_for_function(f"() => performance.now() - window.dynnLastChange > {QUIET_MS}", timeout=30_000)
+            settled.append(page.evaluate("window.dynnLastChange - window.dynnKeyDown"))
+        except PlaywrightTimeout:  # something kept changing: no sample, and the other figures kept
+            unsettled += 1
         sent = next((e["timestamp"] for way, e in frames if way == "sent"), None)
         finished = next((e["timestamp"] for way, e in frames if way == "received" and message_type(e) == "script_finished"),
                         None)  # fmt: skip
         if sent is not None and finished is not None:  # a frame DevTools did not report: no sample
             server.append((finished - sent) * 1e3)
-    return {"slider_to_figure_median_ms": statistics.median(times), "slider_to_page_settled_median_ms": statistics.median(settled),
+    return {"slider_to_figure_median_ms": statistics.median(times), "slider_to_page_settled_median_ms": statistics.median(settled) if settled else None, "unsettled": unsettled,
             "server_rerun_median_ms": statistics.median(server) if server else None, "server_samples": len(server),
             "moves": moves}  # fmt: skip
 
@@ -179,8 +188,9 @@ def model_latency(name: str, settings: dict[str, dict], point: str, static: str,
     # always runs first on a new image or after the same one (in a fixed order, stop 20 measured
     # the last setting 25 % slower than one of equal cost that a separate pass found alike)
     # only each run's three numbers are kept, not its trace: holding every trace (its records'
-    # tensors, thousands of them) grew the heap under the runs and moved the transformer's keep
-    # 0.65 ratio from 0.855x to 0.92x (one thread, 300 images, twice each way; stop 23)
+    # tensors, thousands of them) grew the heap under the runs: in a separate run of this loop
+    # (one thread, 300 images, twice each way; stop 23) the transformer's keep-0.65 ratio read
+    # 0.92x with the traces held and 0.855x without
     runs: dict[str, list[tuple[float, float, bool]]] = {label: [] for label in settings}
     labels, rng = list(settings), np.random.default_rng(0)
     for i in range(n):

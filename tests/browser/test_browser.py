@@ -72,6 +72,8 @@ def test_upload_move_threshold_see_compute_change(app_url, browser, photos, path
     assert after != before and re.fullmatch(r"[\d.]+ MFLOPs", after)
     assert page.locator('[data-testid="stException"]').count() == 0
     assert_no_chart_drawn_twice(page)
+    if path in ("early_exits", "block_skip"):
+        assert_panel_tables_drawn(page)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{path}.png"), full_page=True)
     page.close()
@@ -109,6 +111,17 @@ MARGINS_GROWN_JS = """() => [...document.querySelectorAll('.js-plotly-plot')].ma
     const m = g.layout.margin, s = g._fullLayout._size;
     return [g.layout.height, [m.l, m.r, m.t, m.b], [s.l, s.r, s.t, s.b].map(Math.round)];
 }).filter(([, given, drawn]) => given.some((v, i) => v !== drawn[i]))"""
+
+
+def assert_panel_tables_drawn(page) -> None:
+    """``st.html`` sanitises its markup: the test-set panel's bars must keep their widths and
+    tooltips, and every grid cell its shade and tooltip."""
+    bars, grid = page.locator('[data-testid="stHtml"]').all()
+    rows = bars.locator("tr").count()
+    assert rows > 1 and bars.locator("tr[title]").count() == rows
+    assert bars.locator("div[style*='width:']").count() == rows
+    cells = grid.locator("td").count()
+    assert cells >= 20 and grid.locator("td[title][style*='background']").count() == cells
 
 
 def assert_no_chart_drawn_twice(page) -> None:

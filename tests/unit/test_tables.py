@@ -9,7 +9,7 @@ import plotly.colors
 import pytest
 
 from components.figures import colour_scale
-from components.tables import dark, make_share_bars, make_share_grid
+from components.tables import dark, make_share_bars, make_share_grid, shares
 
 
 def test_share_bars_have_a_row_per_label_with_its_bar_length_and_percentage():
@@ -35,13 +35,26 @@ def test_share_grid_shades_each_cell_on_the_scale_and_prints_its_percentage():
     assert [(title, int(text)) for title, _, _, text in cells] == [
         ("cat at exit 1: 100%", 100), ("cat at exit 2: 0%", 0), ("dog at exit 1: 25%", 25), ("dog at exit 2: 75%", 75),
     ]  # fmt: skip
-    scale = colour_scale("Blues")
-    fills = [fill for _, fill, _, _ in cells]
-    assert fills == plotly.colors.sample_colorscale(scale, [1.0, 0.0, 0.25, 0.75])
-    rgb = plotly.colors.unlabel_rgb
-    assert (rgb(fills[0]), rgb(fills[1])) == (rgb(scale[-1][1]), rgb(scale[0][1]))  # the scale's two ends
+    scale, rgb = colour_scale("Blues"), plotly.colors.unlabel_rgb
+    fills = [rgb(fill) for _, fill, _, _ in cells]
+    assert (fills[0], fills[1]) == (rgb(scale[-1][1]), rgb(scale[0][1]))  # 100 % and 0 %: the scale's two ends
+    assert sum(fills[1]) > sum(fills[2]) > sum(fills[3]) > sum(fills[0])  # darker as the share grows
     assert [text for _, _, text, _ in cells] == ["#fff", "#000", "#000", "#fff"]  # white on the dark cells only
     assert re.findall(r"<th[^>]*>([^<]*)</th>", html) == ["", "exit 1", "exit 2", "cat", "dog"]
+
+
+def test_shares_out_of_range_are_drawn_clipped_but_printed_as_they_are():
+    bars = make_share_bars(["over", "under"], [1.2, -0.1], colour="#ff7f0e", tip="{label}")
+    assert re.findall(r"width:([\d.]+)%;min-width", bars) == ["100.00", "0.00"]
+    assert re.findall(r">(-?\d+)%</td>", bars) == ["120", "-10"]
+    grid = make_share_grid(["a"], ["over", "one"], np.array([[1.5, 1.0]]), tip="{row}")
+    fills = re.findall(r"background:([^;]+);", grid)
+    assert fills[0] == fills[1] and re.findall(r">(\d+)</td>", grid) == ["150", "100"]
+
+
+def test_shares_of_counts_per_row_and_a_row_of_zeros():
+    assert shares([1, 3]).tolist() == [0.25, 0.75]
+    assert shares([[2, 2], [0, 0]]).tolist() == [[0.5, 0.5], [0.0, 0.0]]
 
 
 def test_share_grid_needs_a_share_for_every_cell():
