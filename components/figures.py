@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -240,9 +240,17 @@ def make_exit_confidence(trace: Trace, threshold: float, classes: Sequence[str],
                    yaxis=axis(criterion_label, range=[0, 1.05]))  # fmt: skip
 
 
+def curve_colours(names: Iterable[str]) -> dict[str, str]:
+    """Each accuracy curve's colour (name -> colour): :data:`CURVE_COLOURS` in turn. A page that
+    draws a curve's mechanism in another chart too takes its colour from here, and passes the
+    same map to :func:`make_accuracy_curve`."""
+    return {name: CURVE_COLOURS[i % len(CURVE_COLOURS)] for i, name in enumerate(names)}
+
+
 def make_accuracy_curve(
     curves: dict[str, dict[str, Any]],
     *,
+    colours: dict[str, str] | None = None,
     current: dict[str, tuple[float, float]] | None = None,
     label_current: bool = False,
     budget: float | None = None,
@@ -255,12 +263,13 @@ def make_accuracy_curve(
             "static_name": the static markers' legend entry (default "static network")}``;
             the dynamic policy as a line with a dot on each measured setting, static settings as
             markers.
+        colours: name -> line colour (default: :func:`curve_colours` in the curves' order).
         current: name -> (mflops, accuracy) of the operating point on screen.
         label_current: write each current point's name next to it (several on one chart).
         budget: mean MFLOPs to mark with a vertical line (Compare's budget).
     """
     data = []
-    line_of = {name: CURVE_COLOURS[i % len(CURVE_COLOURS)] for i, name in enumerate(curves)}
+    line_of = curve_colours(curves) | (colours or {})
     for name, curve in curves.items():
         pts = sorted(curve["points"], key=lambda p: p["mflops"])
         xs, ys = [p["mflops"] for p in pts], [100 * p["accuracy"] for p in pts]

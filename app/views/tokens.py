@@ -24,6 +24,7 @@ from app.models_cache import load_model
 from components.figures import (
     CURVE_COLOURS,
     STATIC,
+    curve_colours,
     make_accuracy_curve,
     make_patch_heatmap,
     make_token_counts,
@@ -37,6 +38,7 @@ from models.core import Trace
 MODEL = "vit_tokens"
 MAP_SIDE = 192  # pixels of each small map (24 per patch)
 CURVE_OF = {"prune": "prune (EViT)", "merge": "merge (ToMe)"}
+LINE_OF = curve_colours(CURVE_OF.values())  # each mechanism's colour, on the accuracy and the token-count charts
 KNOB_LABEL = {"prune": "keep ratio", "merge": "merged per layer"}
 KNOB_SHORT = {"prune": "keep", "merge": "r ="}
 
@@ -136,7 +138,7 @@ def render_dataset_panel(table: dict[str, Any], matched: dict[str, dict[str, Any
                                 "value_label": "keep ratio"},
             CURVE_OF["merge"]: {"points": curves["merge"]["points"], "value_label": "merged per layer"},
         },
-        current={CURVE_OF[m]: (p["mflops"], p["accuracy"]) for m, p in matched.items()},
+        colours=LINE_OF, current={CURVE_OF[m]: (p["mflops"], p["accuracy"]) for m, p in matched.items()},
     )  # fmt: skip
     st.plotly_chart(fig, key="tok_curve")
     st.caption("Each line sweeps one knob over the test set, a dot per value measured (dotted where no value lands "
@@ -229,7 +231,7 @@ def render_token_run(picked: InputImage, x: torch.Tensor) -> None:
         measured = mode == "none" or model.measured_point(table, trace.knobs) is not None
         counts = {"every token": static, **({} if measured else {"this setting": trace}), **compared}
     colours = {name: STATIC if name == "every token" else CURVE_COLOURS[3] if name == "this setting"
-               else CURVE_COLOURS[list(CURVE_OF.values()).index(name.split(",")[0])] for name in counts}  # fmt: skip
+               else LINE_OF[name.split(",")[0]] for name in counts}  # fmt: skip
     st.plotly_chart(make_token_counts(counts, colours), key="tok_counts")  # as the accuracy curves below
     st.caption("Tokens (class token included) each block's attention ran on.")
     if table is not None:

@@ -500,6 +500,21 @@ def test_tokens_page_renders_with_maps_comparison_and_test_set_panel():
     assert not at.error and not at.warning
 
 
+def test_tokens_draws_each_mechanism_in_one_colour_on_both_charts():
+    """The token-count lines of the compared settings take their mechanism's accuracy-curve colour."""
+    at = open_page(TOKENS)
+    seen: dict[str, set[str]] = {}
+    for chart in at.get("plotly_chart"):
+        for series in json.loads(chart.proto.spec)["data"]:
+            for mechanism in ("prune (EViT)", "merge (ToMe)"):
+                if series.get("name", "").startswith(mechanism) and "line" in series:
+                    seen.setdefault(mechanism, set()).add(series["line"]["color"])
+    assert set(seen) == {"prune (EViT)", "merge (ToMe)"}
+    assert all(len(colours) == 1 for colours in seen.values()) and seen["prune (EViT)"] != seen["merge (ToMe)"]
+    names = [s["name"] for c in at.get("plotly_chart") for s in json.loads(c.proto.spec)["data"] if "name" in s]
+    assert any(n.startswith("prune (EViT), ") for n in names) and "prune (EViT)" in names  # both charts seen
+
+
 def test_token_modes_and_keep_ratio_change_the_tokens_and_the_compute():
     at = open_page(TOKENS)
     mode = at.selectbox(key="knob:vit_tokens:mode")

@@ -86,6 +86,20 @@ def test_each_curves_current_point_takes_the_curves_colour():
     assert [s["marker"]["color"] for s in compare[2:]] == [FIRED, FIRED]  # configurations: red, labelled
 
 
+def test_curves_take_the_colours_a_page_gives_them():
+    from components.figures import CURVE_COLOURS, curve_colours, make_accuracy_curve
+
+    points = [{"mflops": m, "accuracy": 0.5, "value": m} for m in (50, 100)]
+    curves = {"merge": {"points": points}, "prune": {"points": points}}  # not in the page's order
+    line = curve_colours(["prune", "merge"])
+    assert line == {"prune": CURVE_COLOURS[0], "merge": CURVE_COLOURS[1]}
+    data = make_accuracy_curve(curves, colours=line, current={"prune": (50, 0.5), "merge": (100, 0.5)}).to_dict()[
+        "data"
+    ]
+    assert [(d["name"], d["line"]["color"]) for d in data[:2]] == [("merge", line["merge"]), ("prune", line["prune"])]
+    assert [d["marker"]["color"] for d in data[2:]] == [line["prune"], line["merge"]]  # the stars too
+
+
 def test_the_expert_load_has_no_legend_to_misname_its_colours():
     """The served bars take each expert's colour, as on the maps; a legend would show one of
     them as "served", so the chart has none and the page's caption names the colours."""
