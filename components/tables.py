@@ -16,6 +16,7 @@ from html import escape
 
 import numpy as np
 import plotly.colors
+from numpy.typing import ArrayLike
 
 from components.figures import colour_scale
 
@@ -24,7 +25,7 @@ TABLE = "width:100%;border-collapse:collapse;font-size:0.875rem;line-height:1.6"
 CELL = "padding:1px 6px;white-space:nowrap"
 
 
-def shares(counts: np.ndarray) -> np.ndarray:
+def shares(counts: ArrayLike) -> np.ndarray:
     """Counts as shares of their row (the last axis); a row of zeros stays zeros."""
     counts = np.asarray(counts, dtype=float)
     return counts / counts.sum(-1, keepdims=True).clip(min=1)
@@ -47,21 +48,24 @@ def make_share_bars(labels: Sequence[str], values: Sequence[float], *, colour: s
     return f'<table style="{TABLE}">{rows}</table>'
 
 
-def make_share_grid(rows: Sequence[str], columns: Sequence[str], values: np.ndarray, *, tip: str) -> str:
+def make_share_grid(rows: Sequence[str], columns: Sequence[str], values: ArrayLike, *, tip: str) -> str:
     """A grid of shares (0-1, ``(len(rows), len(columns))``), each cell shaded on :data:`SCALE`
     (clipped to 0-1) and labelled with its percentage. ``tip``: each cell's tooltip, a format
     string of ``row``, ``column`` and ``percent``."""
     values = np.asarray(values, dtype=float)
     if values.shape != (len(rows), len(columns)):
         raise ValueError(f"{values.shape} shares for {len(rows)} rows and {len(columns)} columns")
-    fills = plotly.colors.sample_colorscale(colour_scale(SCALE), values.clip(0, 1).ravel().tolist())
+    # each cell's (r, g, b) in 0-255, as plotly's "rgb" output rounds them, kept as numbers for
+    # the text colour: parsing each "rgb(...)" string back was most of what a grid cost (stop 23)
+    shades = plotly.colors.sample_colorscale(colour_scale(SCALE), values.clip(0, 1).ravel().tolist(), colortype="tuple")
+    rgbs = [plotly.colors.convert_to_RGB_255(shade) for shade in shades]
     head = "".join(f'<th style="{CELL};text-align:center">{escape(c)}</th>' for c in columns)
     body = ""
     for i, row in enumerate(rows):
         cells = ""
         for j, column in enumerate(columns):
-            fill = fills[i * len(columns) + j]
-            text = "#fff" if dark(fill) else "#000"
+            rgb = rgbs[i * len(columns) + j]
+            fill, text = plotly.colors.label_rgb(rgb), "#fff" if dark(rgb) else "#000"
             title = escape(tip.format(row=row, column=column, percent=100 * values[i, j]))
             cells += (
                 f'<td title="{title}" style="{CELL};text-align:center;background:{fill};color:{text}">'
@@ -71,8 +75,9 @@ def make_share_grid(rows: Sequence[str], columns: Sequence[str], values: np.ndar
     return f'<table style="{TABLE}"><tr><th></th>{head}</tr>{body}</table>'
 
 
-def dark(colour: str) -> bool:
-    """Whether text on this ``rgb(r, g, b)`` fill reads better white than black (relative
-    luminance under 0.4, WCAG's weights, gamma left out: a threshold, not a contrast ratio)."""
-    r, g, b = (c / 255 for c in plotly.colors.unlabel_rgb(colour))
+def dark(colour: str | tuple[float, float, float]) -> bool:
+    """Whether text on this fill (``rgb(r, g, b)`` or (r, g, b), in 0-255) reads better white
+    than black (relative luminance under 0.4, WCAG's weights, gamma left out: a threshold, not a
+    contrast ratio)."""
+    r, g, b = (c / 255 for c in (plotly.colors.unlabel_rgb(colour) if isinstance(colour, str) else colour))
     return 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.4

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import streamlit as st
 import torch
 
@@ -83,7 +82,7 @@ def render_dataset_panel(table: dict[str, Any], threshold: float, classes: tuple
         st.caption(f"How many of the {gated} gated blocks the test images ran at this threshold.")
     blocks = [block_label(i, per_stage) for i in range(gated)]
     tip = "block {column} runs for {percent:.1f}% of the test images of {row}"
-    st.html(make_share_grid(classes, blocks, np.asarray(point["class_block_rate"]), tip=tip))
+    st.html(make_share_grid(classes, blocks, point["class_block_rate"], tip=tip))
     st.caption("Which blocks each class relies on: the % of its test images that ran each block (ConvNet-AIG).")
     render_test_images("Cheapest paths at this threshold", point["cheapest"], classes)
     render_test_images("Most expensive paths at this threshold", point["dearest"], classes)

@@ -156,7 +156,8 @@ def slider_moves(page, moves: int) -> dict:
                         None)  # fmt: skip
         if sent is not None and finished is not None:  # a frame DevTools did not report: no sample
             server.append((finished - sent) * 1e3)
-    return {"slider_to_figure_median_ms": statistics.median(times), "slider_to_page_settled_median_ms": statistics.median(settled) if settled else None, "unsettled": unsettled,
+    return {"slider_to_figure_median_ms": statistics.median(times),
+            "slider_to_page_settled_median_ms": statistics.median(settled) if settled else None, "unsettled": unsettled,
             "server_rerun_median_ms": statistics.median(server) if server else None, "server_samples": len(server),
             "moves": moves}  # fmt: skip
 
