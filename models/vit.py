@@ -41,7 +41,13 @@ shed and no expert choice is dropped, so its cost is the same on every input.
 
 Training (``models.train``): cross-entropy plus V-MoE's auxiliary losses (importance and load,
 each the squared coefficient of variation over the experts, with router noise of std 1/E); on a
-share of the steps a random keep ratio or merge count, so the weights serve every slider value.
+share of the steps a random keep ratio (at most ``keep_max``) or merge count, so the weights
+serve every slider value.
+
+The pass computes what the prediction needs. Which original patches each token stands for (the
+token maps, and the sizes ToMe's proportional attention reads) is bookkeeping: a reduction
+records the indices it chose and leaves the maps to be worked out when first asked for
+(:class:`Book`), after the timed pass.
 
 FLOPs per unit are computed from the shapes that ran (closed forms of the matmuls, checked
 against FlopCounterMode by the tests): cost depends on the input only through the expert loads.
@@ -50,7 +56,7 @@ against FlopCounterMode by the tests): cost depends on the input only through th
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -72,6 +78,7 @@ NO_DROP_CAPACITY = float(NUM_EXPERTS)  # C = E: an expert's buffer holds every t
 MODES = ("none", "prune", "merge")
 MODE_LABELS = ("none: every token", "prune by class attention (EViT)", "merge similar tokens (ToMe)")
 MAX_MERGE = PATCHES // (len(REDUCE_AT) + 1)  # 16: the last merging layer can still merge r (at most half)
+Lazy = torch.Tensor | Callable[[], torch.Tensor]  # a value, or the function that works it out
 
 
 @dataclass(frozen=True)
@@ -95,19 +102,59 @@ class Policy:
 STATIC = Policy()
 
 
+class Book:
+    """Which original patches a token set stands for: each value given, or a function that works
+    it out on first use (then kept).
+
+    The pictures need it; the prediction does not, except ToMe's proportional attention, which
+    reads the sizes. So a reduction hands over what the pass needs and defers the rest: the
+    timed pass (:func:`models.core.timed`) then times what the prediction computes, and the
+    token maps are worked out after it, from the indices it kept.
+    """
+
+    __slots__ = ("_groups", "_sizes")
+
+    def __init__(self, sizes: Lazy, groups: Lazy) -> None:
+        self._sizes, self._groups = sizes, groups
+
+    @property
+    def sizes(self) -> torch.Tensor:
+        if callable(self._sizes):
+            self._sizes = self._sizes()
+        return self._sizes
+
+    @property
+    def groups(self) -> torch.Tensor:
+        if callable(self._groups):
+            self._groups = self._groups()
+        return self._groups
+
+
 @dataclass(frozen=True)
 class Tokens:
     """The token set between layers, class token first.
 
     Attributes:
         x: ``(B, N, D)`` features.
-        sizes: ``(B, N)`` how many original patches each token stands for (class token: 1).
-        groups: ``(B, P)`` the token (an index into N) each original patch is now part of.
+        book: its :class:`Book`, shared by the token sets that differ only in ``x``.
     """
 
     x: torch.Tensor
-    sizes: torch.Tensor
-    groups: torch.Tensor
+    book: Book
+
+    @classmethod
+    def of(cls, x: torch.Tensor, sizes: Lazy, groups: Lazy) -> Tokens:
+        return cls(x, Book(sizes, groups))
+
+    @property
+    def sizes(self) -> torch.Tensor:
+        """``(B, N)`` how many original patches each token stands for (class token: 1)."""
+        return self.book.sizes
+
+    @property
+    def groups(self) -> torch.Tensor:
+        """``(B, P)`` the token (an index into N) each original patch is now part of."""
+        return self.book.groups
 
 
 # --- token counts and reductions ---------------------------------------------------------------
@@ -144,9 +191,9 @@ def token_counts(policy: Policy, depth: int = 6) -> list[tuple[int, int]]:
     return counts
 
 
-def _remap(tokens: Tokens, x: torch.Tensor, sizes: torch.Tensor, index: torch.Tensor) -> Tokens:
-    """The new token set; ``index`` ``(B, N_old)`` says where each old token went."""
-    return Tokens(x, sizes, index.gather(1, tokens.groups))
+def _remap(tokens: Tokens, x: torch.Tensor, sizes: Lazy, index: Callable[[], torch.Tensor]) -> Tokens:
+    """The new token set; ``index()`` ``(B, N_old)`` says where each old token went."""
+    return Tokens.of(x, sizes, lambda: index().gather(1, tokens.groups))
 
 
 def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -171,21 +218,29 @@ def prune_tokens(tokens: Tokens, cls_attn: torch.Tensor, keep_ratio: float) -> t
     keep = kept_count(n, keep_ratio)
     if n - keep < 2:
         return tokens, 0
-    score = cls_attn[:, :, 1:].mean(1)  # (B, n) head-averaged attention of the class token
+    # (B, n) the class token's attention summed over the heads: H times their mean, exactly (H is
+    # a power of two), so the same order and, once normalised, the same fusion weights, one op fewer
+    score = cls_attn[:, :, 1:].sum(1)
     order = score.argsort(dim=1, descending=True)
-    kept = order[:, :keep].sort(dim=1).values + 1  # (B, keep) token indices, old order
-    pruned = order[:, keep:] + 1  # (B, p)
-    weight = score.gather(1, pruned - 1)  # (B, p)
+    kept = order[:, :keep].sort(dim=1).values  # (B, keep) patch indices, old order
+    pruned = order[:, keep:]  # (B, p)
+    weight = score.gather(1, pruned)
     weight = weight / weight.sum(1, keepdim=True).clamp_min(1e-12)  # all-zero attention fuses to zero, not NaN
-    fused = torch.bmm(weight[:, None, :].to(x.dtype), _take(x, pruned))  # (B, 1, D)
-    new_x = torch.cat([x[:, :1], _take(x, kept), fused], dim=1)  # (B, keep + 2, D)
-    fused_size = _take(tokens.sizes, pruned).sum(1, keepdim=True)
-    new_sizes = torch.cat([tokens.sizes[:, :1], _take(tokens.sizes, kept), fused_size], dim=1)
-    index = torch.full((b, n_all), keep + 1, dtype=torch.long, device=x.device)  # pruned tokens -> the fused one
-    index[:, 0] = 0
-    index.scatter_(1, kept, torch.arange(1, keep + 1, device=x.device).expand(b, -1))
+    patches = x[:, 1:]
+    fused = torch.bmm(weight[:, None, :].to(x.dtype), _take(patches, pruned))  # (B, 1, D)
+    new_x = torch.cat([x[:, :1], _take(patches, kept), fused], dim=1)  # (B, keep + 2, D)
+
+    def sizes() -> torch.Tensor:
+        old = tokens.sizes[:, 1:]
+        return torch.cat([tokens.sizes[:, :1], _take(old, kept), _take(old, pruned).sum(1, keepdim=True)], dim=1)
+
+    def index() -> torch.Tensor:
+        index = torch.full((b, n_all), keep + 1, dtype=torch.long, device=x.device)  # pruned tokens -> the fused one
+        index[:, 0] = 0
+        return index.scatter_(1, kept + 1, torch.arange(1, keep + 1, device=x.device).expand(b, -1))
+
     flops = 2 * (n - keep) * dim  # the fusion's bmm
-    return _remap(tokens, new_x, new_sizes, index), flops
+    return _remap(tokens, new_x, sizes, index), flops
 
 
 def merge_tokens(tokens: Tokens, keys: torch.Tensor, r: int) -> tuple[Tokens, int]:
@@ -229,12 +284,16 @@ def merge_tokens(tokens: Tokens, keys: torch.Tensor, r: int) -> tuple[Tokens, in
     new_x = torch.cat([x[:, :1], patches.to(x.dtype)], dim=1)
     new_sizes = torch.cat([sizes[:, :1], patch_sizes], dim=1)
     kept = na - r
-    a_index = torch.empty(b, na, dtype=torch.long, device=x.device)
-    a_index.scatter_(1, unmerged, torch.arange(1, kept + 1, device=x.device).expand(b, -1))
-    a_index.scatter_(1, src, dst + 1 + kept)
-    index = torch.zeros(b, n_all, dtype=torch.long, device=x.device)
-    index[:, 1::2] = a_index
-    index[:, 2::2] = torch.arange(1 + kept, 1 + kept + nb, device=x.device)
+
+    def index() -> torch.Tensor:
+        a_index = torch.empty(b, na, dtype=torch.long, device=x.device)
+        a_index.scatter_(1, unmerged, torch.arange(1, kept + 1, device=x.device).expand(b, -1))
+        a_index.scatter_(1, src, dst + 1 + kept)
+        index = torch.zeros(b, n_all, dtype=torch.long, device=x.device)
+        index[:, 1::2] = a_index
+        index[:, 2::2] = torch.arange(1 + kept, 1 + kept + nb, device=x.device)
+        return index
+
     flops = 2 * na * nb * metric.shape[-1]  # the similarity bmm
     return _remap(tokens, new_x, new_sizes, index), flops
 
@@ -466,20 +525,21 @@ class MixtureOfExperts(nn.Module):
         self, flat: torch.Tensor, chosen: torch.Tensor, gates: torch.Tensor, served: torch.Tensor
     ) -> torch.Tensor:
         """Sum of ``gate * expert(token)`` over the served choices, ``(B N, D)`` in float32: the
-        choices sorted by expert, each expert called once on its tokens; idle ones not at all."""
+        choices sorted by expert and gathered once, each expert called once on its slice; idle
+        ones not at all. One ``index_add_`` in expert order adds them as one per expert would."""
         num_experts, k = len(self.experts), chosen.shape[-1]
         queue = torch.where(served, chosen, num_experts).flatten()  # dropped choices sort last
         order = queue.argsort(stable=True)
         counts = torch.bincount(queue, minlength=num_experts + 1).tolist()
-        rows, weights = order // k, gates.flatten()[order]
         out = torch.zeros(flat.shape, dtype=torch.float32, device=flat.device)
-        start = 0
-        for e, expert in enumerate(self.experts):  # counts[-1]: the dropped choices
-            if counts[e]:
-                mine = slice(start, start + counts[e])
-                out.index_add_(0, rows[mine], expert(flat[rows[mine]]).float() * weights[mine, None])
-            start += counts[e]
-        return out
+        taken = len(order) - counts[-1]  # counts[-1]: the dropped choices
+        if not taken:
+            return out
+        order = order[:taken]
+        rows = order // k
+        parts = flat[rows].split(counts[:-1])
+        done = torch.cat([expert(part) for expert, part in zip(self.experts, parts, strict=True) if len(part)])
+        return out.index_add_(0, rows, done.float() * gates.flatten()[order, None])
 
     def flops(self, n: int, assigned: torch.Tensor) -> torch.Tensor:
         """Router on ``n`` tokens plus one expert MLP per served choice; ``assigned`` ``(B,)``."""
@@ -700,10 +760,13 @@ class TokenExpertViT(DynamicModel):
         are gone from every later computation. The batched and the batch-1 path are this one.
         ``tap`` is attribution's probe on the stem's patch map (:class:`models.core.Explained`)."""
         x = self.stem(x, tap)  # (B, 65, D)
-        b = x.shape[0]
-        sizes = torch.ones(b, x.shape[1], dtype=torch.float32, device=x.device)
-        groups = torch.arange(1, PATCHES + 1, device=x.device).expand(b, -1)
-        tokens, records = Tokens(x, sizes, groups), []
+        shape, device = x.shape[:2], x.device
+        tokens = Tokens.of(
+            x,
+            lambda: torch.ones(shape, dtype=torch.float32, device=device),
+            lambda: torch.arange(1, PATCHES + 1, device=device).expand(shape[0], -1),
+        )
+        records = []
         for block in self.blocks:
             tokens, record = block(tokens, policy, noise)
             records.append(record)
@@ -714,13 +777,20 @@ class TokenExpertViT(DynamicModel):
         return self.run(x, STATIC)[0]
 
     def training_loss(
-        self, x: torch.Tensor, y: torch.Tensor, *, balance_weight: float = 0.01, reduce_share: float = 0.5
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        balance_weight: float = 0.01,
+        reduce_share: float = 0.5,
+        keep_max: float = 1.0,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         """Cross-entropy plus ``balance_weight`` times V-MoE's balance loss (mean over the MoE
         layers), with router noise of std 1/E. On a ``reduce_share`` of the steps the tokens
-        are pruned at a random keep ratio or merged at a random r (half each), so the weights
-        learn every operating point of the sliders, not only the static network."""
-        policy = random_policy(reduce_share)
+        are pruned at a random keep ratio (uniform between the slider's lowest and ``keep_max``)
+        or merged at a random r (half each), so the weights learn every operating point of the
+        sliders, not only the static network."""
+        policy = random_policy(reduce_share, keep_max)
         logits, records = self.run(x, policy, noise=1.0 / NUM_EXPERTS)
         ce = F.cross_entropy(logits.float(), y, label_smoothing=0.1)
         balance = torch.stack([r.routing.aux for r in records if r.routing is not None]).mean()
@@ -849,13 +919,15 @@ class TokenExpertViT(DynamicModel):
         return calibrate(val_table)
 
 
-def random_policy(reduce_share: float) -> Policy:
-    """A training step's token policy: static, or a random keep ratio or merge count."""
+def random_policy(reduce_share: float, keep_max: float = 1.0) -> Policy:
+    """A training step's token policy: static, or a random keep ratio (up to ``keep_max``) or
+    merge count."""
     u = torch.rand(3).tolist()
     if u[0] >= reduce_share:
         return STATIC
     if u[1] < 0.5:
-        return Policy(mode="prune", keep_ratio=0.3 + 0.7 * u[2])
+        low = KEEP_GRID[0]
+        return Policy(mode="prune", keep_ratio=low + (keep_max - low) * u[2])
     return Policy(mode="merge", merge_r=int(u[2] * (MAX_MERGE + 1)))
 
 
@@ -976,17 +1048,9 @@ def class_share(load: torch.Tensor, labels: torch.Tensor, num_classes: int) -> t
     return total / total.sum(-1, keepdim=True).clamp(min=1)
 
 
-def _at_saving(
-    points: list[dict[str, Any]], full: dict[str, Any], val_points: list[dict[str, Any]], val_full: dict[str, Any],
-    saving: float,
-) -> dict[str, Any] | None:  # fmt: skip
-    """The test point of the setting that, on validation, is the most accurate saving at least
-    ``saving`` of the full network's FLOPs (its test saving is reported as measured)."""
-    cheap = [p for p in val_points if p["mflops"] <= (1 - saving) * val_full["mflops"]]
-    if not cheap:
-        return None
-    chosen = max(cheap, key=lambda p: p["accuracy"])["value"]
-    best = next(p for p in points if p["value"] == chosen)
+def _test_point(points: list[dict[str, Any]], full: dict[str, Any], value: float) -> dict[str, Any]:
+    """The test point at knob ``value`` (chosen on validation), with its saving and drop."""
+    best = next(p for p in points if p["value"] == value)
     return {
         "value": best["value"], "accuracy": best["accuracy"], "mflops": best["mflops"],
         "flops_saving": 1 - best["mflops"] / full["mflops"],
@@ -994,10 +1058,30 @@ def _at_saving(
     }  # fmt: skip
 
 
+def _at_saving(
+    points: list[dict[str, Any]], full: dict[str, Any], val_points: list[dict[str, Any]], val_full: dict[str, Any],
+    saving: float,
+) -> dict[str, Any] | None:  # fmt: skip
+    """The test point of the setting that, on validation, is the most accurate saving at least
+    ``saving`` of the full network's FLOPs (its test saving is reported as measured)."""
+    cheap = [p for p in val_points if p["mflops"] <= (1 - saving) * val_full["mflops"]]
+    return _test_point(points, full, max(cheap, key=lambda p: p["accuracy"])["value"]) if cheap else None
+
+
+def cheapest_within(
+    points: list[dict[str, Any]], full: dict[str, Any], val_points: list[dict[str, Any]], val_full: dict[str, Any],
+    drop: float,
+) -> dict[str, Any] | None:  # fmt: skip
+    """The test point of the setting that, on validation, is the cheapest within ``drop`` points
+    of the full network's accuracy (its test drop is reported as measured)."""
+    close = [p for p in val_points if 100 * (val_full["accuracy"] - p["accuracy"]) <= drop + 1e-9]
+    return _test_point(points, full, min(close, key=lambda p: (p["mflops"], p["value"]))["value"]) if close else None
+
+
 def summarise(table: dict[str, Any], val_table: dict[str, Any]) -> dict[str, Any]:
-    """The issue's targets read off a test table: full accuracy, and pruning and merging at
-    30% fewer mean FLOPs (the setting chosen on the validation table); the experts' k and
-    capacity curves in brief."""
+    """The issue's targets read off a test table: full accuracy; pruning and merging at 30% fewer
+    mean FLOPs, and pruning at its cheapest within 1.5 points (each setting chosen on the
+    validation table); the experts' k and capacity curves in brief."""
     full, curves = table["full"], table["curves"]
     val_full, val_curves = val_table["full"], val_table["curves"]
     defaults = table.get("default_knobs", {})
@@ -1015,6 +1099,9 @@ def summarise(table: dict[str, Any], val_table: dict[str, Any]) -> dict[str, Any
         ),
         "merge_at_30pct_saving": _at_saving(
             curves["merge"]["points"], full, val_curves["merge"]["points"], val_full, 0.3
+        ),
+        "prune_within_1.5_points": cheapest_within(
+            curves["prune"]["points"], full, val_curves["prune"]["points"], val_full, 1.5
         ),
         "default_prune": at("prune", defaults.get("keep_ratio")),
         "default_merge": at("merge", defaults.get("merge_r")),

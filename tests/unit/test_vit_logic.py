@@ -18,17 +18,20 @@ from models.vit import (
     MERGE_GRID,
     NUM_EXPERTS,
     PATCHES,
+    REDUCE_AT,
     STATIC,
     SWEEP_POLICIES,
     Policy,
     TokenExpertViT,
     Tokens,
     balance_loss,
+    cheapest_within,
     class_share,
     expert_capacity,
     kept_count,
     merge_tokens,
     prune_tokens,
+    random_policy,
     token_counts,
     within_capacity,
 )
@@ -74,7 +77,7 @@ def tokens_seen(model: TokenExpertViT, fn) -> dict[str, list[int]]:
 def random_tokens(b: int = 2, n: int = PATCHES, dim: int = 8) -> Tokens:
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(b, n + 1, dim, generator=gen)
-    return Tokens(x, torch.ones(b, n + 1), torch.arange(1, n + 1).expand(b, -1))
+    return Tokens.of(x, torch.ones(b, n + 1), torch.arange(1, n + 1).expand(b, -1))
 
 
 def assert_bookkeeping(tokens: Tokens) -> None:
@@ -103,6 +106,20 @@ def test_pruned_tokens_are_gone_from_later_layers(model):
     assert [list(c) for c in zip(seen["attn"], seen["ffn"], strict=True)] == [
         list(c) for c in token_counts(Policy(mode="prune", keep_ratio=0.5))
     ]
+
+
+@pytest.mark.parametrize("policy", [Policy(mode="prune", keep_ratio=0.5), Policy(mode="merge", merge_r=8)])
+def test_the_pass_leaves_the_token_maps_for_after_it(model, policy):
+    """The timed pass computes what the prediction needs: which patches each token stands for
+    is worked out when asked, from the indices the pass kept (ToMe's merging needs the sizes)."""
+    _, records = model.run(image(), policy)
+    books = [records[i].after.book for i in REDUCE_AT]
+    assert all(callable(book._groups) for book in books)
+    assert all(callable(book._sizes) for book in books) == (policy.mode == "prune")
+    for i in REDUCE_AT:
+        assert_bookkeeping(records[i].after)
+        assert records[i].after.sizes.shape == records[i].after.x.shape[:2]
+    assert not any(callable(book._groups) or callable(book._sizes) for book in books)  # worked out once, kept
 
 
 @pytest.mark.parametrize("keep_ratio", [0.3, 0.5, 0.7, 0.75, 0.95, 0.97, 1.0])
@@ -141,7 +158,7 @@ def test_tome_removes_r_tokens_per_merging_layer(model, r):
 
 def test_tome_merges_the_most_similar_pair_as_a_size_weighted_average():
     tokens = random_tokens(b=1)
-    tokens = Tokens(tokens.x, tokens.sizes.index_fill(1, torch.tensor([1]), 3.0), tokens.groups)
+    tokens = Tokens.of(tokens.x, tokens.sizes.index_fill(1, torch.tensor([1]), 3.0), tokens.groups)
     keys = torch.randn(1, 3, PATCHES + 1, 4, generator=torch.Generator().manual_seed(3))
     keys[:, :, 1] = keys[:, :, 4]  # patch 0 (set A) and patch 3 (set B): identical keys
     out, flops = merge_tokens(tokens, keys, 1)
@@ -325,6 +342,27 @@ def test_sweep_table_and_defaults(model):
     assert defaults["mode"] == "prune" and model.knob_values(**defaults)
     summary = model.summarise({**table, "default_knobs": defaults}, table)
     assert summary["prune_at_30pct_saving"]["flops_saving"] >= 0.3
+
+
+def test_within_picks_the_cheapest_setting_close_enough_on_validation():
+    def points(accuracies):
+        return [{"value": v, "accuracy": a, "mflops": 100 * v} for v, a in accuracies]
+
+    full = {"accuracy": 0.85, "mflops": 100.0}
+    val = points([(0.3, 0.80), (0.5, 0.835), (0.7, 0.84), (1.0, 0.85)])  # 0.5: 1.5 points down, inclusive
+    test = points([(0.3, 0.70), (0.5, 0.81), (0.7, 0.845), (1.0, 0.85)])
+    got = cheapest_within(test, full, val, full, 1.5)
+    assert got["value"] == 0.5  # chosen on validation; its test drop reported as measured
+    assert got["drop_points"] == pytest.approx(4.0) and got["flops_saving"] == pytest.approx(0.5)
+    assert cheapest_within(test, full, val, full, 1.0)["value"] == 0.7
+    assert cheapest_within(test, full, val[:1], full, 1.5) is None
+
+
+def test_random_policy_prunes_up_to_keep_max():
+    torch.manual_seed(0)
+    keeps = [p.keep_ratio for p in (random_policy(1.0, keep_max=0.6) for _ in range(400)) if p.mode == "prune"]
+    assert len(keeps) > 100 and min(keeps) >= KEEP_GRID[0] and 0.55 < max(keeps) <= 0.6
+    assert all(random_policy(0.0, keep_max=0.6) == STATIC for _ in range(20))
 
 
 def test_training_loss_reaches_the_router(model):
