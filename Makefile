@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.run-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: run test lint bench evaluate train-gpu finetune-gpu refine-gpu refine2-gpu dense1-gpu dense2-gpu clean
+.PHONY: run test lint bench evaluate train-gpu finetune-gpu refine-gpu refine2-gpu dense1-gpu dense2-gpu prune1-gpu prune2-gpu clean
 
 $(RUN_STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -135,6 +135,41 @@ dense2-gpu: $(RUN_STAMP)
 	$(call DENSE_RUN,$(DENSE2_BUDGET)) --autoaugment --loss all_on_share=0.75 --lr 0.01 $(call DENSE_OUT,q3) & c=$$!; \
 	$(call DENSE_RUN,$(DENSE2_BUDGET)) --autoaugment --loss all_on_share=0.75 --lr 0.02 $(call DENSE_OUT,q4) & d=$$!; \
 	$(call DENSE_RUN,$(DENSE2_BUDGET)) --autoaugment --loss all_on_share=0.25 --lr 0.01 $(call DENSE_OUT,q5) & e=$$!; \
+	failed=0; for p in $$a $$b $$c $$d $$e; do wait $$p || failed=1; done; exit $$failed
+
+# prune1-gpu, prune2-gpu: the transformer taught to prune harder, two rounds on an NVIDIA H200
+# (2026-11-27), five fine-tunes side by side each, that prune on more of the steps and at lower keep
+# ratios (--loss reduce_share=R --loss keep_max=K: on a share R of the steps the tokens are reduced,
+# half of those pruned at a keep ratio drawn from 0.3-K). The rule fixed before each round, on
+# validation: a variant's k* is its lowest keep ratio (<= 0.7) within 1.2 points of its own every-token
+# accuracy; among the variants at most 0.2 points below the weights they started from on every token,
+# the lowest k* wins (ties: the higher accuracy at k*), if it is below the start's own. Round 1
+# (PRUNE1_BUDGET s, from the refine2-gpu weights) chose R 0.7, K 0.6 (vD); round 2 (PRUNE2_BUDGET s,
+# from round 1's) chose R 0.8, K 0.55 (wB). Each target writes its chosen variant to assets/weights
+# (it does not choose again), the others to checkpoints/prune/.
+PRUNE1_BUDGET ?= 330
+PRUNE2_BUDGET ?= 290
+# $(1) budget, $(2) variant, $(3) peak lr, $(4) R, $(5) K, $(6) non-empty: not the chosen one
+PRUNE_RUN = $(call GPU_TRAIN,vit_tokens,$(1),300) --threads 3 $(call FROM_OWN,vit_tokens) --batch-size 1024 \
+	--optimizer adamw --weight-decay 0.05 --warmup 0.05 --mix --autoaugment --lr $(3) \
+	--loss reduce_share=$(4) --loss keep_max=$(5) $(if $(6),--out checkpoints/prune/$(2)) >checkpoints/prune/$(2).log 2>&1
+
+prune1-gpu: $(RUN_STAMP)
+	mkdir -p checkpoints/prune
+	$(call PRUNE_RUN,$(PRUNE1_BUDGET),vA,5e-4,0.5,0.7,x) & a=$$!; \
+	$(call PRUNE_RUN,$(PRUNE1_BUDGET),vB,5e-4,0.7,0.7,x) & b=$$!; \
+	$(call PRUNE_RUN,$(PRUNE1_BUDGET),vC,5e-4,0.5,1.0,x) & c=$$!; \
+	$(call PRUNE_RUN,$(PRUNE1_BUDGET),vD,5e-4,0.7,0.6,) & d=$$!; \
+	$(call PRUNE_RUN,$(PRUNE1_BUDGET),vE,2.5e-4,0.6,0.7,x) & e=$$!; \
+	failed=0; for p in $$a $$b $$c $$d $$e; do wait $$p || failed=1; done; exit $$failed
+
+prune2-gpu: $(RUN_STAMP)
+	mkdir -p checkpoints/prune
+	$(call PRUNE_RUN,$(PRUNE2_BUDGET),wA,5e-4,0.7,0.6,x) & a=$$!; \
+	$(call PRUNE_RUN,$(PRUNE2_BUDGET),wB,5e-4,0.8,0.55,) & b=$$!; \
+	$(call PRUNE_RUN,$(PRUNE2_BUDGET),wC,2.5e-4,0.7,0.6,x) & c=$$!; \
+	$(call PRUNE_RUN,$(PRUNE2_BUDGET),wD,5e-4,0.7,0.5,x) & d=$$!; \
+	$(call PRUNE_RUN,$(PRUNE2_BUDGET),wE,5e-4,0.6,0.6,x) & e=$$!; \
 	failed=0; for p in $$a $$b $$c $$d $$e; do wait $$p || failed=1; done; exit $$failed
 
 clean:

@@ -74,7 +74,9 @@ def make_recipes(target: str) -> list[list[tuple[str, ...]]]:
 
 
 # the GPU runs the shipped weights went through, first run first; a model may skip one
-GPU_RUNS = ("train-gpu", "finetune-gpu", "refine-gpu", "refine2-gpu", "dense1-gpu", "dense2-gpu")
+GPU_RUNS = (
+    "train-gpu", "finetune-gpu", "refine-gpu", "refine2-gpu", "dense1-gpu", "dense2-gpu", "prune1-gpu", "prune2-gpu",
+)  # fmt: skip
 
 
 def test_the_make_gpu_targets_run_the_shipped_cards_recipes_run_by_run():
