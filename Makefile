@@ -35,7 +35,7 @@ evaluate: $(RUN_STAMP)
 		$(PY) -m models.evaluate --model $$model --write || exit 1; \
 	done
 
-# The shipped weights, in two to four GPU runs; `make evaluate` after each. All read CIFAR-10 from
+# The shipped weights, in two to six GPU runs; `make evaluate` after each. All read CIFAR-10 from
 # DYNN_CIFAR10 (or DATA=...), write assets/weights/ and log to checkpoints/.
 # train-gpu: the four models from scratch, side by side on one GPU (an H200), each for as many
 # epochs as fit TIME_BUDGET seconds (models.train --time-budget).

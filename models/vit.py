@@ -45,9 +45,9 @@ share of the steps a random keep ratio (at most ``keep_max``) or merge count, so
 serve every slider value.
 
 The pass computes what the prediction needs. Which original patches each token stands for (the
-token maps, and the sizes ToMe's proportional attention reads) is bookkeeping: a reduction
-records the indices it chose and leaves the maps to be worked out when first asked for
-(:class:`Book`), after the timed pass.
+token maps) is bookkeeping: a reduction records the indices it chose and leaves the maps to be
+worked out when first asked for (:class:`Book`), after the timed pass. Pruning defers the
+tokens' sizes too; merging computes them in the pass, as its proportional attention reads them.
 
 FLOPs per unit are computed from the shapes that ran (closed forms of the matmuls, checked
 against FlopCounterMode by the tests): cost depends on the input only through the expert loads.
@@ -218,8 +218,9 @@ def prune_tokens(tokens: Tokens, cls_attn: torch.Tensor, keep_ratio: float) -> t
     keep = kept_count(n, keep_ratio)
     if n - keep < 2:
         return tokens, 0
-    # (B, n) the class token's attention summed over the heads: H times their mean, exactly (H is
-    # a power of two), so the same order and, once normalised, the same fusion weights, one op fewer
+    # (B, n) the class token's attention summed over the heads: H times their mean, exactly with
+    # the model's 4 heads (a power of two), so the same order and, once normalised, the same
+    # fusion weights, one op fewer
     score = cls_attn[:, :, 1:].sum(1)
     order = score.argsort(dim=1, descending=True)
     kept = order[:, :keep].sort(dim=1).values  # (B, keep) patch indices, old order
@@ -922,6 +923,8 @@ class TokenExpertViT(DynamicModel):
 def random_policy(reduce_share: float, keep_max: float = 1.0) -> Policy:
     """A training step's token policy: static, or a random keep ratio (up to ``keep_max``) or
     merge count."""
+    if not KEEP_GRID[0] <= keep_max <= 1:
+        raise ValueError(f"keep_max must lie in [{KEEP_GRID[0]}, 1] (the keep ratio slider's range), not {keep_max}")
     u = torch.rand(3).tolist()
     if u[0] >= reduce_share:
         return STATIC

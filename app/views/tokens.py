@@ -162,10 +162,10 @@ linearly, so **fewer tokens means less compute** in every later layer.
 
 Shed tokens are really gone: later blocks run on the smaller set, and the FLOPs and latency
 above are of that smaller computation. The latency times the pass the prediction needs; which
-patches each token stands for (the maps here) is worked out after it, from the indices it kept.
-Both mechanisms run on the same trained weights: the model was trained with random keep ratios
-and merge counts on half of its steps, then fine-tuned to prune harder: tokens shed on 80 % of
-the steps, half of those pruned at a keep ratio of 0.3-0.55.
+patches each token stands for (the maps here) is worked out after it, from the indices the pass
+kept. Both mechanisms run on the same trained weights: the model was trained with random keep
+ratios and merge counts on half of its steps, then fine-tuned twice to prune harder (the last
+time shedding tokens on 80 % of the steps, half of those pruned at a keep ratio of 0.3-0.55).
 """
 EXTRA_PAPERS = (
     "DynamicViT: Rao et al., NeurIPS 2021, arXiv:2106.02034",

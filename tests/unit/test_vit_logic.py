@@ -141,6 +141,9 @@ def test_evit_keeps_the_top_share_and_fuses_the_rest_into_one_token(keep_ratio):
         rest[0], rest[top] = False, False
         weights = score[b][rest[1:]] / score[b][rest[1:]].sum()
         torch.testing.assert_close(out.x[b, -1], weights @ tokens.x[b, rest])
+        assert torch.equal(out.groups[b, top - 1], torch.arange(1, keep + 1))  # each kept patch: its own token
+        assert (out.groups[b, rest[1:]] == keep + 1).all()  # each pruned patch: the fused token
+        assert out.sizes[b, -1] == PATCHES - keep  # the fused token stands for every pruned patch
     assert torch.equal(out.x[:, 0], tokens.x[:, 0])
     assert_bookkeeping(out)
 
@@ -209,6 +212,24 @@ def test_batch_prioritised_routing_serves_first_choices_first():
     assert served[0, :, 0].all() and not served[0, :, 1].any()
     served = within_capacity(chosen, torch.tensor([[0.1, 0.9, 0.5, 0.6]]), 1, NUM_EXPERTS)
     assert served[0, :, 0].tolist() == [False, True, False, True]  # the surer token of each expert
+
+
+@pytest.mark.parametrize(("top_k", "capacity"), [(1, 4.0), (2, 4.0), (2, 0.5), (3, 0.75), (4, 4.0), (4, 0.25)])
+def test_experts_add_each_served_choice_once_with_its_gate(model, top_k, capacity):
+    """The batched dispatch (sorted by expert, one gather, one ``index_add_``) against a loop
+    over every token and choice."""
+    moe = model.blocks[2].ffn
+    x = torch.randn(2, 23, moe.norm.normalized_shape[0], generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        out, routing = moe(x, top_k=top_k, capacity=capacity)
+        h = moe.norm(x)
+        expected = x.clone()
+        gates = routing.probs.gather(-1, routing.chosen)
+        for b, t, j in zip(*torch.nonzero(routing.served, as_tuple=True), strict=True):
+            expert = moe.experts[int(routing.chosen[b, t, j])]
+            expected[b, t] += gates[b, t, j] * expert(h[b, t][None])[0]
+    torch.testing.assert_close(out, expected)
+    assert (capacity < 1) == (not routing.served.all())  # the small capacities do drop choices
 
 
 def test_overflow_tokens_are_dropped_and_skip_the_mlp(one_expert):
@@ -363,6 +384,9 @@ def test_random_policy_prunes_up_to_keep_max():
     keeps = [p.keep_ratio for p in (random_policy(1.0, keep_max=0.6) for _ in range(400)) if p.mode == "prune"]
     assert len(keeps) > 100 and min(keeps) >= KEEP_GRID[0] and 0.55 < max(keeps) <= 0.6
     assert all(random_policy(0.0, keep_max=0.6) == STATIC for _ in range(20))
+    for outside in (0.2, 1.5):  # the slider's range is 0.3-1
+        with pytest.raises(ValueError, match="keep_max"):
+            random_policy(1.0, keep_max=outside)
 
 
 def test_training_loss_reaches_the_router(model):
