@@ -1078,7 +1078,12 @@ def cheapest_within(
     """The test point of the setting that, on validation, is the cheapest within ``drop`` points
     of the full network's accuracy (its test drop is reported as measured)."""
     close = [p for p in val_points if 100 * (val_full["accuracy"] - p["accuracy"]) <= drop + 1e-9]
-    return _test_point(points, full, min(close, key=lambda p: (p["mflops"], p["value"]))["value"]) if close else None
+    return _test_point(points, full, _cheapest(close)["value"]) if close else None
+
+
+def _cheapest(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """The point of least mean MFLOPs (ties: the lower knob value)."""
+    return min(points, key=lambda p: (p["mflops"], p["value"]))
 
 
 def summarise(table: dict[str, Any], val_table: dict[str, Any]) -> dict[str, Any]:
@@ -1120,7 +1125,6 @@ def calibrate(table: dict[str, Any], *, tolerance: float = 0.01) -> dict[str, An
     full = table["full"]["accuracy"]
 
     def cheapest(curve: str) -> float:
-        ok = [p for p in table["curves"][curve]["points"] if p["accuracy"] >= full - tolerance]
-        return min(ok, key=lambda p: (p["mflops"], p["value"]))["value"]
+        return _cheapest([p for p in table["curves"][curve]["points"] if p["accuracy"] >= full - tolerance])["value"]
 
     return {"mode": "prune", "keep_ratio": cheapest("prune"), "merge_r": int(cheapest("merge"))}
