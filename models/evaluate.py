@@ -8,7 +8,8 @@ mflops the mean executed MFLOPs per image (one multiply-add = 2 FLOPs).
 
 ``--write`` regenerates everything the app shows: it calibrates the default knobs on the
 validation split, measures the test split, writes ``assets/eval/<model>.json`` and updates
-the model card (test accuracy, FLOPs, default knobs, weights sha256).
+the model card (test accuracy, FLOPs, default knobs, weights sha256). The validation table it
+chose them on goes to ``assets/eval/<model>.val.json``, so that the choices can be checked.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def evaluate(model: DynamicModel, split: Split) -> dict[str, Any]:
     return {"model": model.name, "n": len(split), **table}
 
 
+def table_path(name: str, split: str = "test") -> Path:
+    """Where ``--write`` puts a model's eval table: the test split's, or the validation split's
+    that the default knobs and the summary's choices were made on."""
+    return EVAL_DIR / (f"{name}.json" if split == "test" else f"{name}.{split}.json")
+
+
 def sha256(path: Path) -> str:
     """Hex digest of a file (the card and eval table name the weights they describe)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -64,16 +71,17 @@ def positive_int(text: str) -> int:
 
 def write(model: DynamicModel, data: str | None, *, download: bool = False) -> dict[str, Any]:
     """Calibrate on val, evaluate on test, write the eval table and update the card."""
-    val_table = evaluate(model, load_split("val", data, download=download))
+    val_table = {**evaluate(model, load_split("val", data, download=download)), "split": "val"}
     defaults = model.calibrate(val_table)
     test = load_split("test", data, download=download)
     table = {**evaluate(model, test), "split": "test", "default_knobs": defaults}
     table["summary"] = model.summarise(table, val_table)
     subset = evaluate(model, test.head(SUBSET))
     table["subset_check"] = {"n": subset["n"], "full": subset["full"], "points": compact_points(subset)}
-    table["weights_sha256"] = sha256(model.card.weights)
+    table["weights_sha256"] = val_table["weights_sha256"] = sha256(model.card.weights)
     EVAL_DIR.mkdir(parents=True, exist_ok=True)
-    (EVAL_DIR / f"{model.name}.json").write_text(json.dumps(table, separators=(",", ":")) + "\n")
+    for path, content in ((table_path(model.name), table), (table_path(model.name, "val"), val_table)):
+        path.write_text(json.dumps(content, separators=(",", ":")) + "\n")
 
     card_path = model.card.card_path
     card = json.loads(card_path.read_text()) if card_path.exists() else {"name": model.name}

@@ -16,7 +16,7 @@ from models.attribution import attribute
 from models.core import EVAL_DIR, DynamicModel
 from models.cost import count_flops
 from models.data import to_tensor
-from models.evaluate import SUBSET, compact_points, evaluate, sha256
+from models.evaluate import SUBSET, compact_points, evaluate, sha256, table_path
 
 
 @pytest.fixture(scope="module", params=models.available())
@@ -280,6 +280,19 @@ def test_shipped_weights_reproduce_their_card(model, test_split):
         assert got["value"] == want["value"]
         assert got["accuracy"] == pytest.approx(want["accuracy"], abs=2.5 / SUBSET)
         assert got["mflops"] == pytest.approx(want["mflops"], rel=0.01)
+
+
+def test_default_knobs_and_summary_follow_from_the_stored_validation_table(model):
+    """What the card calls "chosen on validation", re-checked from the repository alone: the
+    validation table ``--write`` calibrated on gives the table's default knobs and summary."""
+    table = json.loads(table_path(model.name).read_text())
+    val = json.loads(table_path(model.name, "val").read_text())
+    assert val["split"] == "val" and table["split"] == "test"
+    assert val["weights_sha256"] == table["weights_sha256"] == model.card.meta["weights_sha256"]
+    assert f"the {val['n']}-image validation" in model.card.meta["calibration"]
+    assert model.calibrate(val) == table["default_knobs"] == model.card.meta["default_knobs"]
+    assert model.summarise(table, val) == table["summary"]
+    assert val["full"]["accuracy"] == model.card.meta["val_full_accuracy"]
 
 
 def test_every_eval_curve_names_valid_knobs_and_its_own_points(model):
