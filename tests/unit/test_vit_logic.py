@@ -28,6 +28,7 @@ from models.vit import (
     cheapest_within,
     class_share,
     expert_capacity,
+    gelu,
     kept_count,
     merge_tokens,
     prune_tokens,
@@ -387,6 +388,35 @@ def test_random_policy_prunes_up_to_keep_max():
     for outside in (0.2, 1.5):  # the slider's range is 0.3-1
         with pytest.raises(ValueError, match="keep_max"):
             random_policy(1.0, keep_max=outside)
+
+
+@pytest.mark.parametrize("shape", [(1, 512), (7, 512), (2, 23, 512), (3, 1, 512)])
+def test_gelu_is_torchs_exact_gelu_in_the_same_layout(shape):
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 4).requires_grad_()
+    y = gelu(x)
+    ref = torch.nn.functional.gelu(x)
+    assert y.shape == x.shape and y.is_contiguous()
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-6)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(grad, torch.autograd.grad(ref.sum(), x)[0], rtol=0, atol=1e-6)
+
+
+def test_gelu_hands_aten_a_view_that_onednn_would_not_take():
+    """ATen passes a contiguous float32 CPU input to oneDNN (``use_mkldnn`` in
+    Activation.cpp); the view keeps a batch-1 expert's few rows on ATen's own kernel."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Inputs(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is torch.ops.aten.gelu:
+                seen.append(args[0].is_contiguous())
+            return func(*args, **(kwargs or {}))
+
+    with Inputs():
+        gelu(torch.randn(7, 512))
+    assert seen == [False]
 
 
 def test_training_loss_reaches_the_router(model):
