@@ -10,7 +10,7 @@ import streamlit as st
 import torch
 
 import models
-from models.core import EVAL_DIR, DynamicModel
+from models.core import DynamicModel, eval_table_path
 from models.evaluate import sha256
 
 # Half the cores for the models: the browser draws the page on the others. With torch's default
@@ -45,7 +45,7 @@ def eval_table(name: str) -> dict[str, Any] | None:
     A resource, not data: the table is read-only and large enough that ``cache_data``'s copy
     on every rerun would cost more than the page's own work.
     """
-    path = EVAL_DIR / f"{name}.json"
+    path = eval_table_path(name)
     return json.loads(path.read_text()) if path.exists() else None
 
 

@@ -29,6 +29,15 @@ EVAL_DIR = ASSETS / "eval"
 CATEGORIES = ("output", "graph", "input")  # the survey's taxonomy
 
 
+def eval_table_path(name: str, split: str = "test") -> Path:
+    """A model's eval table as ``python -m models.evaluate --write`` writes it: the test
+    split's (what the pages show), or the validation split's (what the default knobs and the
+    summary's settings were chosen on)."""
+    if split not in ("test", "val"):
+        raise ValueError(f"eval tables are written for the test and val splits, not {split!r}")
+    return EVAL_DIR / (f"{name}.json" if split == "test" else f"{name}.val.json")
+
+
 @dataclass(frozen=True)
 class Knob:
     """One slider (or, with ``options``, one choice) that drives a dynamic decision.

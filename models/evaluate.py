@@ -9,7 +9,7 @@ mflops the mean executed MFLOPs per image (one multiply-add = 2 FLOPs).
 ``--write`` regenerates everything the app shows: it calibrates the default knobs on the
 validation split, measures the test split, writes ``assets/eval/<model>.json`` and updates
 the model card (test accuracy, FLOPs, default knobs, weights sha256). The validation table it
-chose them on goes to ``assets/eval/<model>.val.json``, so that the choices can be checked.
+chose them on goes to ``assets/eval/<model>.val.json``, from which the choices can be derived again.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 import models
-from models.core import EVAL_DIR, DynamicModel
+from models.core import DynamicModel, eval_table_path
 from models.data import DOWNLOAD_HELP, SPLITS, Split, load_split, resolve_source, to_tensor
 
 SUBSET = 500  # test images the model-contract tests re-evaluate against the card
@@ -44,12 +44,6 @@ def evaluate(model: DynamicModel, split: Split) -> dict[str, Any]:
     outputs = outputs_on(model, split)
     table = model.sweep(outputs, torch.from_numpy(split.labels))
     return {"model": model.name, "n": len(split), **table}
-
-
-def table_path(name: str, split: str = "test") -> Path:
-    """Where ``--write`` puts a model's eval table: the test split's, or the validation split's
-    that the default knobs and the summary's choices were made on."""
-    return EVAL_DIR / (f"{name}.json" if split == "test" else f"{name}.{split}.json")
 
 
 def sha256(path: Path) -> str:
@@ -79,8 +73,9 @@ def write(model: DynamicModel, data: str | None, *, download: bool = False) -> d
     subset = evaluate(model, test.head(SUBSET))
     table["subset_check"] = {"n": subset["n"], "full": subset["full"], "points": compact_points(subset)}
     table["weights_sha256"] = val_table["weights_sha256"] = sha256(model.card.weights)
-    EVAL_DIR.mkdir(parents=True, exist_ok=True)
-    for path, content in ((table_path(model.name), table), (table_path(model.name, "val"), val_table)):
+    for split, content in (("test", table), ("val", val_table)):
+        path = eval_table_path(model.name, split)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(content, separators=(",", ":")) + "\n")
 
     card_path = model.card.card_path

@@ -458,14 +458,18 @@ class Attention(nn.Module):
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
-    """Exact (erf) GELU by ATen's own vectorised kernel, on a transposed view.
+    """Exact (erf) GELU by ATen's own vectorised kernel.
 
-    ``F.gelu`` hands a contiguous float32 CPU tensor to oneDNN, whose cost per call outweighs
-    the work at batch 1, where an expert sees a handful of tokens; ATen computes a
-    non-contiguous one itself. The same function, rounded differently (2.4e-7 apart at most);
-    it takes 0.13-0.2 ms off a 5-7 ms pass (HISTORY.md, stop 25).
+    ``F.gelu`` hands a contiguous float32 CPU tensor to oneDNN (``use_mkldnn`` in ATen's
+    Activation.cpp), whose cost per call outweighs the work at batch 1, where an expert may see
+    a handful of tokens; ATen computes a non-contiguous one itself. Each row is viewed as
+    pairs, transposed: not contiguous for any number of rows (a transposed single row still
+    is). The same function, rounded differently (within one float32 rounding step); about 0.2
+    ms off a 6-8 ms pass (HISTORY.md, stop 25). An odd width goes to ``F.gelu`` as it is.
     """
-    return F.gelu(x.mT).mT
+    if x.shape[-1] % 2:
+        return F.gelu(x)
+    return F.gelu(x.unflatten(-1, (-1, 2)).mT).mT.flatten(-2)
 
 
 class Mlp(nn.Module):

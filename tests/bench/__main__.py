@@ -41,7 +41,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 import models
 from app.models_cache import INFERENCE_THREADS
-from models.core import EVAL_DIR, DynamicModel
+from models.core import DynamicModel, eval_table_path
 from models.data import load_split, resolve_source, to_tensor
 from tests.bench.session import find_slider, headless_session
 from tests.support import APP, ROOT, STREAMLIT_RUN, chromium_browser, serve_app, threshold_slider, wait_idle
@@ -236,7 +236,7 @@ def thresholds(values: set[float]) -> dict[str, dict]:
 
 
 def early_exit_latency() -> dict:
-    table = json.loads((EVAL_DIR / "early_exit.json").read_text())
+    table = json.loads(eval_table_path("early_exit").read_text())
     half = table["summary"]["best_at_half_flops"]["threshold"]
     default = table["default_knobs"]["threshold"]
     settings = thresholds({0.5, 0.8, 0.9, 0.95, 0.99, default, half, 1.0})
@@ -249,7 +249,7 @@ def early_exit_latency() -> dict:
 
 
 def block_skip_latency() -> dict:
-    default = json.loads((EVAL_DIR / "block_skip.json").read_text())["default_knobs"]["threshold"]
+    default = json.loads(eval_table_path("block_skip").read_text())["default_knobs"]["threshold"]
     settings = thresholds({0.0, 0.25, 0.5, 0.75, 0.9, default})
     return model_latency("block_skip", settings, f"threshold={default:g}", "threshold=0")
 
@@ -258,7 +258,7 @@ def vit_latency() -> dict:
     """Pruning at the issue's point, the cheapest keep ratio within 1.5 points of every token
     (chosen on validation; it saves >= 30 % of the FLOPs), the keep ratio saving >= 30 %,
     other keep ratios, merging and the experts' k, against every token."""
-    table = json.loads((EVAL_DIR / "vit_tokens.json").read_text())
+    table = json.loads(eval_table_path("vit_tokens").read_text())
     chosen = table["summary"]["prune_within_1.5_points"]  # its FLOP saving and drop go with the ratio
     point = chosen["value"]
     at_30 = table["summary"]["prune_at_30pct_saving"]["value"]
@@ -275,7 +275,7 @@ def vit_latency() -> dict:
 def pixel_latency() -> dict:
     """The sparse (gather, compute, scatter) masked blocks over the threshold range against the
     dense network (threshold 0)."""
-    default = json.loads((EVAL_DIR / "pixel_mask.json").read_text())["default_knobs"]["threshold"]
+    default = json.loads(eval_table_path("pixel_mask").read_text())["default_knobs"]["threshold"]
     settings = thresholds({0.0, 0.25, 0.5, 0.75, 0.9, 0.95, default})
     return model_latency("pixel_mask", settings, f"threshold={default:g}", "threshold=0")
 

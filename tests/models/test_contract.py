@@ -13,10 +13,10 @@ from torch.nn.modules import module as nn_module
 
 import models
 from models.attribution import attribute
-from models.core import EVAL_DIR, DynamicModel
+from models.core import DynamicModel, eval_table_path
 from models.cost import count_flops
 from models.data import to_tensor
-from models.evaluate import SUBSET, compact_points, evaluate, sha256, table_path
+from models.evaluate import SUBSET, compact_points, evaluate, sha256
 
 
 @pytest.fixture(scope="module", params=models.available())
@@ -236,7 +236,7 @@ def test_the_test_sets_mean_cost_is_monotone_in_the_cost_knob(model):
     """What the pages' curves and Compare's budget matching rely on: over the 10,000 test
     images, moving the cost knob one way never raises the mean compute (the static network's
     setting aside: it computes no decisions, e.g. no early exits, and can cost less)."""
-    table = json.loads((EVAL_DIR / f"{model.name}.json").read_text())
+    table = json.loads(eval_table_path(model.name).read_text())
     curves = [c for c in model.curves(table) if c.knob == model.cost_knob]
     assert curves
     static = model.static_knobs[model.cost_knob]
@@ -267,7 +267,7 @@ def test_cost_follows_the_cost_knob_at_batch_size_1(model, test_batch):
 @pytest.mark.dataset
 def test_shipped_weights_reproduce_their_card(model, test_split):
     card = model.card.meta
-    table = json.loads((EVAL_DIR / f"{model.name}.json").read_text())
+    table = json.loads(eval_table_path(model.name).read_text())
     assert card["weights_sha256"] == sha256(model.card.weights)
     assert card["test_accuracy"] == pytest.approx(table["full"]["accuracy"])
     assert table["weights_sha256"] == card["weights_sha256"]
@@ -285,8 +285,8 @@ def test_shipped_weights_reproduce_their_card(model, test_split):
 def test_default_knobs_and_summary_follow_from_the_stored_validation_table(model):
     """What the card calls "chosen on validation", re-checked from the repository alone: the
     validation table ``--write`` calibrated on gives the table's default knobs and summary."""
-    table = json.loads(table_path(model.name).read_text())
-    val = json.loads(table_path(model.name, "val").read_text())
+    table = json.loads(eval_table_path(model.name).read_text())
+    val = json.loads(eval_table_path(model.name, "val").read_text())
     assert val["split"] == "val" and table["split"] == "test"
     assert val["weights_sha256"] == table["weights_sha256"] == model.card.meta["weights_sha256"]
     assert f"the {val['n']}-image validation" in model.card.meta["calibration"]
@@ -298,7 +298,7 @@ def test_default_knobs_and_summary_follow_from_the_stored_validation_table(model
 def test_every_eval_curve_names_valid_knobs_and_its_own_points(model):
     """What the Compare page's budget matching sets: each curve point as knobs the model takes,
     and those knobs found on that same curve."""
-    table = json.loads((EVAL_DIR / f"{model.name}.json").read_text())
+    table = json.loads(eval_table_path(model.name).read_text())
     defaults = model.knob_values()
     curves = model.curves(table)
     assert curves and model.curve_of(table, defaults) is not None

@@ -390,7 +390,7 @@ def test_random_policy_prunes_up_to_keep_max():
             random_policy(1.0, keep_max=outside)
 
 
-@pytest.mark.parametrize("shape", [(1, 512), (7, 512), (2, 23, 512), (3, 1, 512)])
+@pytest.mark.parametrize("shape", [(1, 512), (7, 512), (2, 23, 512), (3, 1, 512), (4, 5)])
 def test_gelu_is_torchs_exact_gelu_in_the_same_layout(shape):
     x = (torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 4).requires_grad_()
     y = gelu(x)
@@ -401,9 +401,10 @@ def test_gelu_is_torchs_exact_gelu_in_the_same_layout(shape):
     torch.testing.assert_close(grad, torch.autograd.grad(ref.sum(), x)[0], rtol=0, atol=1e-6)
 
 
-def test_gelu_hands_aten_a_view_that_onednn_would_not_take():
+@pytest.mark.parametrize("shape", [(1, 512), (7, 512), (2, 23, 512), (3, 1, 512)])
+def test_gelu_hands_aten_a_view_that_onednn_would_not_take(shape):
     """ATen passes a contiguous float32 CPU input to oneDNN (``use_mkldnn`` in
-    Activation.cpp); the view keeps a batch-1 expert's few rows on ATen's own kernel."""
+    Activation.cpp); the view keeps a batch-1 expert's few rows, even one, on ATen's kernel."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     seen = []
@@ -415,7 +416,7 @@ def test_gelu_hands_aten_a_view_that_onednn_would_not_take():
             return func(*args, **(kwargs or {}))
 
     with Inputs():
-        gelu(torch.randn(7, 512))
+        gelu(torch.randn(shape))
     assert seen == [False]
 
 
