@@ -136,7 +136,7 @@ def test_evit_keeps_the_top_share_and_fuses_the_rest_into_one_token(keep_ratio):
     assert out.x.shape[1] == 1 + keep + 1 and flops == 2 * (PATCHES - keep) * tokens.x.shape[-1]
     score = cls_attn[:, :, 1:].mean(1)
     for b in range(2):
-        top = score[b].topk(keep).indices.sort().values + 1
+        top = score[b].topk(keep).indices + 1  # most attended first, as EViT's code orders them
         torch.testing.assert_close(out.x[b, 1:-1], tokens.x[b, top])
         rest = torch.ones(PATCHES + 1, dtype=torch.bool)
         rest[0], rest[top] = False, False
@@ -147,6 +147,27 @@ def test_evit_keeps_the_top_share_and_fuses_the_rest_into_one_token(keep_ratio):
         assert out.sizes[b, -1] == PATCHES - keep  # the fused token stands for every pruned patch
     assert torch.equal(out.x[:, 0], tokens.x[:, 0])
     assert_bookkeeping(out)
+
+
+@pytest.mark.parametrize("mode", ["prune", "merge"])
+def test_one_image_is_reduced_bit_for_bit_as_in_a_batch(mode):
+    """Batch 1 (the app's pass) copies token rows with ``index_select``, a batch with ``gather``
+    (``_take``): the same tokens, sizes and maps, to the bit, for every image of the batch."""
+    gen = torch.Generator().manual_seed(3)
+    tokens = random_tokens(b=3)
+    sizes = torch.randint(1, 4, (3, PATCHES + 1), generator=gen).float()  # as after an earlier merge
+    tokens = Tokens.of(tokens.x, sizes, tokens.groups)
+    cls_attn = torch.rand(3, 4, PATCHES + 1, generator=gen)
+    keys = torch.randn(3, 4, PATCHES + 1, 8, generator=gen)
+
+    def reduce(t: Tokens, i: slice) -> Tokens:
+        return prune_tokens(t, cls_attn[i], 0.55)[0] if mode == "prune" else merge_tokens(t, keys[i], 8)[0]
+
+    batch = reduce(tokens, slice(None))
+    for i in range(3):
+        one = reduce(Tokens.of(tokens.x[i : i + 1], sizes[i : i + 1], tokens.groups[i : i + 1]), slice(i, i + 1))
+        for field in ("x", "sizes", "groups"):
+            assert torch.equal(getattr(one, field)[0], getattr(batch, field)[i]), (i, field)
 
 
 def test_evit_keep_ratio_counts_use_the_ceiling():
