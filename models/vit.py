@@ -201,7 +201,8 @@ def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
     At batch 1 (the app's pass) a row copy, ``index_select``: the same values as ``gather``
     with an expanded index, which walks the index element by element and took about three
-    times as long for a token set (26 vs 9 us; HISTORY.md, stop 26)."""
+    times as long for a token set (26 vs 9 µs; HISTORY.md, stop 26).
+    """
     if idx.shape[0] == 1:
         return x.index_select(1, idx[0])
     return x.gather(1, idx.view(*idx.shape, *[1] * (x.dim() - 2)).expand(-1, -1, *x.shape[2:]))

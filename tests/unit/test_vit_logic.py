@@ -24,6 +24,7 @@ from models.vit import (
     Policy,
     TokenExpertViT,
     Tokens,
+    _take,
     balance_loss,
     cheapest_within,
     class_share,
@@ -149,14 +150,28 @@ def test_evit_keeps_the_top_share_and_fuses_the_rest_into_one_token(keep_ratio):
     assert_bookkeeping(out)
 
 
+@pytest.mark.parametrize("shape", [(3, 65), (3, 65, 8)])
+def test_take_copies_rows_at_batch_1_as_gather_does_in_a_batch(shape):
+    """``_take`` copies rows with ``index_select`` at batch 1 (the app's pass) and gathers with
+    an expanded index in a batch: the same rows, to the bit, on a strided view too."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(*shape, generator=gen)[:, 1:]  # the patches of a token set: not contiguous
+    idx = torch.stack([torch.randperm(64, generator=gen)[:40] for _ in range(3)])
+    batch = _take(x, idx)
+    expected = x.gather(1, idx.view(3, 40, *[1] * (x.dim() - 2)).expand(-1, -1, *x.shape[2:]))
+    assert torch.equal(batch, expected)
+    for i in range(3):
+        assert torch.equal(_take(x[i : i + 1], idx[i : i + 1])[0], expected[i])
+
+
 @pytest.mark.parametrize("mode", ["prune", "merge"])
 def test_one_image_is_reduced_bit_for_bit_as_in_a_batch(mode):
-    """Batch 1 (the app's pass) copies token rows with ``index_select``, a batch with ``gather``
-    (``_take``): the same tokens, sizes and maps, to the bit, for every image of the batch."""
+    """The app's batch-1 reduction gives each image the tokens, sizes and token maps the batched
+    evaluation gives it, to the bit (rows copied by ``_take``'s two paths, the rest the same ops)."""
     gen = torch.Generator().manual_seed(3)
     tokens = random_tokens(b=3)
-    sizes = torch.randint(1, 4, (3, PATCHES + 1), generator=gen).float()  # as after an earlier merge
-    tokens = Tokens.of(tokens.x, sizes, tokens.groups)
+    sizes = torch.randint(1, 4, (3, PATCHES + 1), generator=gen).float()  # sizes other than 1, so merging weighs them
+    tokens = Tokens.of(tokens.x, sizes, tokens.groups)  # (the maps do not match these sizes: not checked here)
     cls_attn = torch.rand(3, 4, PATCHES + 1, generator=gen)
     keys = torch.randn(3, 4, PATCHES + 1, 8, generator=gen)
 
